@@ -1,0 +1,198 @@
+"""Seq2seq language models to distill into.
+
+Three ways to get a `keras_hub.models.Seq2SeqLM`:
+
+- `from_preset("t5_1.1_base")`: a KerasHub preset name (downloaded once and
+  cached by KerasHub) or a local preset directory;
+- `tiny_t5(texts)`: a small, randomly initialised T5 v1.1 with a
+  SentencePiece vocabulary trained on the fly from `texts` (quickstart, tests
+  and from-scratch experiments);
+- any `Seq2SeqLM` you build yourself (T5, BART, ...).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Iterable
+
+import keras
+import keras_hub
+import numpy as np
+
+# The student sizes of the paper (T5 v1.1), as KerasHub preset names.
+PAPER_PRESETS = ("t5_1.1_small", "t5_1.1_base", "t5_1.1_large", "t5_1.1_xxl")
+
+
+
+@keras.saving.register_keras_serializable(package="dss_keras")
+def gelu_tanh(x):
+    """GELU's tanh approximation: t5-v1_1's "gated-gelu" activation."""
+    return keras.activations.gelu(x, approximate=True)
+
+
+def train_sentencepiece(
+    texts: Iterable[str],
+    vocabulary_size: int = 1000,
+    model_type: str = "bpe",
+    split_digits: bool = True,
+    seed: int = 0,
+) -> bytes:
+    """Trains a SentencePiece model with T5's special ids and returns its bytes.
+
+    The ids follow T5: pad 0, end-of-sequence 1, unknown 2, no
+    beginning-of-sequence token. Digits are split into single tokens by
+    default, which suits numbers and arithmetic.
+
+    Args:
+        texts: The training sentences.
+        vocabulary_size: The number of pieces, special tokens included.
+        model_type: `"bpe"` or `"unigram"`.
+        split_digits: Whether every digit is a token of its own.
+        seed: Seed of SentencePiece's sampling, for reproducible vocabularies.
+
+    Returns:
+        The serialized SentencePiece model, for `keras_hub.models.T5Tokenizer`.
+
+    Examples:
+
+    >>> proto = train_sentencepiece(["one two three", "four five six"] * 20,
+    ...                             vocabulary_size=30)
+    >>> tokenizer = keras_hub.models.T5Tokenizer(proto=proto)
+    >>> tokenizer.pad_token_id, tokenizer.end_token_id
+    (0, 1)
+    """
+    import sentencepiece as spm
+
+    texts = [t for t in texts if t]
+    if not texts:
+        raise ValueError("Cannot train a vocabulary on no text. Received: texts=[]")
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_writer=model,
+        vocab_size=vocabulary_size,
+        model_type=model_type,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        pad_piece="<pad>",
+        eos_piece="</s>",
+        unk_piece="<unk>",
+        split_digits=split_digits,
+        character_coverage=1.0,
+        byte_fallback=False,
+        hard_vocab_limit=False,
+        num_threads=1,
+        minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def tiny_t5(
+    texts: Iterable[str] | None = None,
+    *,
+    proto: bytes | None = None,
+    vocabulary_size: int = 1000,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    hidden_dim: int = 64,
+    intermediate_dim: int = 128,
+    key_value_dim: int | None = None,
+    dropout: float = 0.0,
+    seed: int = 0,
+) -> keras_hub.models.T5Seq2SeqLM:
+    """A small, randomly initialised T5 v1.1 with its own vocabulary.
+
+    The architecture is T5 v1.1's (gated tanh-GELU feed-forward, untied
+    embeddings, pre-norm with RMS layer norm), scaled down. Token embeddings
+    are drawn from N(0, 1): KerasHub's default initialiser starts every
+    embedding near the same vector, which leaves a small model stuck on one
+    answer.
+
+    Args:
+        texts: Text to train the SentencePiece vocabulary on; ignored when
+            `proto` is given.
+        proto: An existing SentencePiece model (bytes).
+        vocabulary_size: Vocabulary size when training one.
+        num_layers, num_heads, hidden_dim, intermediate_dim, key_value_dim,
+            dropout: The backbone's shape.
+        seed: Seeds the vocabulary and the weights.
+
+    Returns:
+        A `keras_hub.models.T5Seq2SeqLM` with a `T5Seq2SeqLMPreprocessor`.
+
+    Examples:
+
+    >>> lm = tiny_t5(["two plus two is four", "three plus one is four"] * 10,
+    ...              vocabulary_size=40, hidden_dim=16, intermediate_dim=32,
+    ...              num_heads=2, num_layers=1)
+    >>> lm.backbone.hidden_dim
+    16
+    """
+    # Seed first: in eager mode `tf.random.set_seed` clears TensorFlow's kernel
+    # cache, which drops the SentencePiece resource of a tokenizer made before.
+    keras.utils.set_random_seed(seed)
+    if proto is None:
+        if texts is None:
+            raise ValueError("`tiny_t5` needs `texts` or `proto`.")
+        proto = train_sentencepiece(texts, vocabulary_size=vocabulary_size, seed=seed)
+    tokenizer = keras_hub.models.T5Tokenizer(proto=proto)
+    backbone = keras_hub.models.T5Backbone(
+        vocabulary_size=tokenizer.vocabulary_size(),
+        num_layers=num_layers,
+        num_heads=num_heads,
+        hidden_dim=hidden_dim,
+        intermediate_dim=intermediate_dim,
+        key_value_dim=key_value_dim,
+        dropout=dropout,
+        activation=gelu_tanh,
+        use_gated_activation=True,
+        tie_embedding_weights=False,
+    )
+    reinitialize_token_embeddings(backbone, seed=seed)
+    preprocessor = keras_hub.models.T5Seq2SeqLMPreprocessor(tokenizer=tokenizer)
+    return keras_hub.models.T5Seq2SeqLM(backbone=backbone, preprocessor=preprocessor)
+
+
+def reinitialize_token_embeddings(backbone: keras.Model, seed: int = 0, stddev: float = 1.0):
+    """Redraws a backbone's token embeddings (and output projection) from N(0, stddev²)."""
+    rng = np.random.default_rng(seed)
+    embedding = backbone.token_embedding
+    for variable in embedding.weights:
+        variable.assign(rng.normal(0.0, stddev, size=variable.shape).astype(variable.dtype))
+
+
+def from_preset(
+    preset: str, *, load_weights: bool = True, **kwargs
+) -> keras_hub.models.Seq2SeqLM:
+    """Loads a `Seq2SeqLM` from a KerasHub preset name or a local preset directory.
+
+    Args:
+        preset: A preset name such as `"t5_1.1_base"`, a `kaggle://` or
+            `hf://` handle, or a local directory written by
+            `save_to_preset()`.
+        load_weights: `False` builds the architecture with random weights.
+        **kwargs: Passed to `keras_hub.models.Seq2SeqLM.from_preset`.
+
+    Raises:
+        RuntimeError: when the preset cannot be fetched; the message names the
+            preset and says how to use a local directory instead.
+    """
+    if os.path.isdir(preset):
+        return keras_hub.models.Seq2SeqLM.from_preset(
+            preset, load_weights=load_weights, **kwargs
+        )
+    try:
+        return keras_hub.models.Seq2SeqLM.from_preset(
+            preset, load_weights=load_weights, **kwargs
+        )
+    except (OSError, ConnectionError, ValueError) as error:
+        raise RuntimeError(
+            f"Could not load the preset {preset!r}: {error}\n"
+            "If this machine cannot reach the model hub, download the preset on "
+            "a machine that can (`keras_hub.models.Seq2SeqLM.from_preset(name)"
+            ".save_to_preset(dir)`), copy the directory here and pass its path "
+            "instead of the name."
+        ) from error

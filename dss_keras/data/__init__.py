@@ -1,0 +1,14 @@
+"""Records, their files, and the tf.data pipeline that feeds the model."""
+
+from dss_keras.data.records import (
+    Record,
+    RecordError,
+    read_csv,
+    read_jsonl,
+    read_records,
+    record_from_dict,
+    write_csv,
+    write_jsonl,
+)
+from dss_keras.data.pipeline import PipelineReport, make_dataset
+from dss_keras.data.word_problems import word_problems

@@ -1,0 +1,212 @@
+"""The multi-task tf.data pipeline: records in, padded batches of both tasks out.
+
+Each element of the dataset is `(x, y, sample_weight)`, each a dict keyed by
+task. `x[task]` holds KerasHub's `encoder_token_ids`, `encoder_padding_mask`,
+`decoder_token_ids` and `decoder_padding_mask`; `y[task]` the target ids;
+`sample_weight[task]` is 1 on real target tokens and 0 on padding, and 0 on the
+whole rationale of an example that has no rationale. Both tasks of an example
+always sit in the same row of the same batch.
+
+Tokenization runs in the graph, examples are bucketed by length so that a
+batch is padded only as far as its longest member, the order is shuffled
+deterministically from a seed, and the next batches are prefetched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from dss_keras.data.records import Record, check_label_source
+from dss_keras.preprocessor import TASKS, MultiTaskPreprocessor
+
+logger = logging.getLogger(__name__)
+
+MODES = ("distill_step_by_step", "standard")
+_MODEL_INPUTS = (
+    "encoder_token_ids",
+    "encoder_padding_mask",
+    "decoder_token_ids",
+    "decoder_padding_mask",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineReport:
+    """What went into a dataset, and what was left out of which task.
+
+    Attributes:
+        num_records: Records given.
+        num_examples: Records used (those with a label from `label_source`).
+        missing_label: Records left out because `label_source="llm"` and the
+            teacher gave no label.
+        without_rationale: Used records that train the label task only.
+    """
+
+    num_records: int
+    num_examples: int
+    missing_label: int
+    without_rationale: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.num_examples} of {self.num_records} records used; "
+            f"{self.missing_label} without a teacher label left out; "
+            f"{self.without_rationale} train the label task only (no rationale)"
+        )
+
+
+def _default_boundaries(limit: int) -> list[int]:
+    boundaries, length = [], 16
+    while length < limit:
+        boundaries.append(length)
+        length *= 2
+    return boundaries
+
+
+def _to_model_batch(batch: dict):
+    x = {task: {k: batch[task][k] for k in _MODEL_INPUTS} for task in batch}
+    y = {task: batch[task]["target_ids"] for task in batch}
+    weights = {task: batch[task]["target_weights"] for task in batch}
+    return x, y, weights
+
+
+def make_dataset(
+    records: Sequence[Record],
+    preprocessor: MultiTaskPreprocessor,
+    *,
+    mode: str = "distill_step_by_step",
+    label_source: str = "gt",
+    batch_size: int = 32,
+    shuffle: bool = True,
+    seed: int = 0,
+    repeat: bool = False,
+    bucket_boundaries: Sequence[int] | None = None,
+    drop_remainder: bool = False,
+) -> tuple[tf.data.Dataset, PipelineReport]:
+    """Builds the batched dataset of one or both tasks from records.
+
+    Args:
+        records: The examples.
+        preprocessor: Usually `model.preprocessor` of a `DistillStepByStep`.
+        mode: `"distill_step_by_step"` (label and rationale tasks) or
+            `"standard"` (label task only).
+        label_source: `"gt"` trains on human labels, `"llm"` on the
+            teacher's; records without such a label are left out.
+        batch_size: Examples per batch (each carries both tasks).
+        shuffle: Shuffle the examples (deterministically, from `seed`) every
+            pass.
+        seed: Seed of the shuffle.
+        repeat: Repeat forever (for step-based training).
+        bucket_boundaries: Length boundaries (in tokens of the longest
+            sequence of an example) of the length buckets; `None` picks
+            powers of two from 16, `[]` turns bucketing off.
+        drop_remainder: Drop batches smaller than `batch_size`.
+
+    Returns:
+        `(dataset, report)`.
+
+    Examples:
+
+    >>> from dss_keras import testing
+    >>> from dss_keras.model import DistillStepByStep
+    >>> model = DistillStepByStep(testing.tiny_seq2seq_lm())
+    >>> dataset, report = make_dataset(testing.toy_records(10), model.preprocessor,
+    ...                                batch_size=4, shuffle=False)
+    >>> x, y, weights = next(iter(dataset))
+    >>> sorted(x), x["label"]["encoder_token_ids"].shape[0]
+    (['label', 'rationale'], 4)
+    >>> print(report)
+    10 of 10 records used; 0 without a teacher label left out; 0 train the label task only (no rationale)
+    """
+    if mode not in MODES:
+        raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
+    check_label_source(label_source)
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be at least 1. Received: batch_size={batch_size}")
+    tasks = TASKS if mode == "distill_step_by_step" else ("label",)
+
+    inputs, labels, rationales, has_rationale = [], [], [], []
+    missing_label = 0
+    for record in records:
+        label = record.training_label(label_source)
+        if label is None:
+            missing_label += 1
+            continue
+        inputs.append(record.input)
+        labels.append(label)
+        rationales.append(record.rationale or "")
+        has_rationale.append(float(record.rationale is not None))
+    if not inputs:
+        raise ValueError(
+            f"No record has a label for label_source={label_source!r}: "
+            f"{len(records)} records, {missing_label} without one."
+        )
+    report = PipelineReport(
+        num_records=len(records),
+        num_examples=len(inputs),
+        missing_label=missing_label,
+        without_rationale=int(len(inputs) - sum(has_rationale)) if "rationale" in tasks else 0,
+    )
+    logger.info("Pipeline: %s", report)
+
+    features = {
+        "input": tf.constant(inputs, tf.string),
+        "label": tf.constant(labels, tf.string),
+    }
+    if "rationale" in tasks:
+        features["rationale"] = tf.constant(rationales, tf.string)
+        features["has_rationale"] = tf.constant(np.array(has_rationale, np.float32))
+    dataset = tf.data.Dataset.from_tensor_slices(features)
+    if shuffle:
+        dataset = dataset.shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    dataset = dataset.map(
+        lambda f: preprocessor.pack_example(f, tasks),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    padding_values = {
+        task: {
+            "encoder_token_ids": preprocessor.pad_token_id,
+            "encoder_padding_mask": 0,
+            "decoder_token_ids": preprocessor.pad_token_id,
+            "decoder_padding_mask": 0,
+            "target_ids": preprocessor.pad_token_id,
+            "target_weights": 0.0,
+        }
+        for task in tasks
+    }
+    if bucket_boundaries is None:
+        longest = preprocessor.max_input_length + max(
+            preprocessor.max_target_length(t) for t in tasks
+        )
+        bucket_boundaries = _default_boundaries(longest)
+    if bucket_boundaries:
+        dataset = dataset.bucket_by_sequence_length(
+            element_length_func=lambda e: _example_length(e, tasks),
+            bucket_boundaries=list(bucket_boundaries),
+            bucket_batch_sizes=[batch_size] * (len(bucket_boundaries) + 1),
+            padding_values=padding_values,
+            drop_remainder=drop_remainder,
+        )
+    else:
+        dataset = dataset.padded_batch(
+            batch_size, padding_values=padding_values, drop_remainder=drop_remainder
+        )
+    dataset = dataset.map(_to_model_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE), report
+
+
+def _example_length(example: dict, tasks: Sequence[str]):
+    """Tokens of an example's longest encoder input plus its longest target."""
+    encoder = tf.shape(example["label"]["encoder_token_ids"])[0]
+    target = tf.reduce_max(
+        tf.stack([tf.shape(example[t]["target_ids"])[0] for t in tasks])
+    )
+    return encoder + target

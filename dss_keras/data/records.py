@@ -1,0 +1,248 @@
+"""The one record every data source produces, and its JSONL/CSV files.
+
+A record is one training or evaluation example:
+
+```
+{"id": "...", "input": "...", "label": "...", "rationale": "..." | null,
+ "llm_label": "..." | null}
+```
+
+`label` is the human (gold) label, `llm_label` the teacher's label and
+`rationale` the teacher's explanation. Files are validated while they are
+read: a bad record raises `RecordError` naming the file, the line and the
+field, and nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+from typing import Iterable, Sequence
+
+LABEL_SOURCES = ("gt", "llm")
+
+_REQUIRED_STRING_FIELDS = ("id", "input", "label")
+_OPTIONAL_STRING_FIELDS = ("rationale", "llm_label")
+FIELDS = _REQUIRED_STRING_FIELDS + _OPTIONAL_STRING_FIELDS
+
+
+class RecordError(ValueError):
+    """A record that does not follow the schema.
+
+    The message reads `path:line: field "name": what is wrong`, so that an
+    editor or a terminal can jump to the offending line.
+    """
+
+    def __init__(self, path: str, line: int, field: str | None, message: str):
+        self.path = path
+        self.line = line
+        self.field = field
+        where = f"{path}:{line}: "
+        if field is not None:
+            where += f'field "{field}": '
+        super().__init__(where + message)
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One example: an input, its gold label and the teacher's output.
+
+    Args:
+        id: A stable identifier, unique within a dataset.
+        input: The text the student reads (without a task prefix).
+        label: The human label.
+        rationale: The teacher's rationale, or `None` when there is none
+            (no teacher output, or one that could not be parsed).
+        llm_label: The teacher's label, or `None`.
+
+    Examples:
+
+    >>> record = Record(id="1", input="2 + 3?", label="5", rationale="2 + 3 = 5.")
+    >>> record.training_label("gt")
+    '5'
+    >>> record.training_label("llm") is None
+    True
+    """
+
+    id: str
+    input: str
+    label: str
+    rationale: str | None = None
+    llm_label: str | None = None
+
+    def training_label(self, label_source: str) -> str | None:
+        """The label that trains the label task for `label_source`."""
+        check_label_source(label_source)
+        return self.label if label_source == "gt" else self.llm_label
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def check_label_source(label_source: str) -> None:
+    if label_source not in LABEL_SOURCES:
+        raise ValueError(
+            f"`label_source` must be one of {LABEL_SOURCES}. "
+            f"Received: label_source={label_source!r}"
+        )
+
+
+def _describe(value) -> str:
+    if value is None:
+        return "null"
+    return f"{type(value).__name__} {json.dumps(value)[:60]}"
+
+
+def record_from_dict(data, path: str = "<dict>", line: int = 0) -> Record:
+    """Validates one mapping against the schema and returns a `Record`.
+
+    Raises:
+        RecordError: naming `path`, `line` and the offending field.
+    """
+    if not isinstance(data, dict):
+        raise RecordError(
+            path, line, None, f"expected a JSON object, received {_describe(data)}"
+        )
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise RecordError(
+            path,
+            line,
+            unknown[0],
+            f"unknown field; a record has the fields {', '.join(FIELDS)}",
+        )
+    values = {}
+    for field in _REQUIRED_STRING_FIELDS:
+        if field not in data:
+            raise RecordError(path, line, field, "missing")
+        value = data[field]
+        if field == "id" and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise RecordError(
+                path, line, field, f"expected a string, received {_describe(value)}"
+            )
+        values[field] = value
+    for field in _OPTIONAL_STRING_FIELDS:
+        value = data.get(field)
+        if value is not None and not isinstance(value, str):
+            raise RecordError(
+                path,
+                line,
+                field,
+                f"expected a string or null, received {_describe(value)}",
+            )
+        values[field] = value
+    return Record(**values)
+
+
+def _check_unique_ids(records: Sequence[Record], lines: Sequence[int], path: str):
+    seen = {}
+    for record, line in zip(records, lines):
+        if record.id in seen:
+            raise RecordError(
+                path,
+                line,
+                "id",
+                f"duplicate id {record.id!r} (first on line {seen[record.id]})",
+            )
+        seen[record.id] = line
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Record]:
+    """Reads records from a JSON Lines file (one object per line).
+
+    Blank lines are skipped. Ids must be unique.
+
+    Examples:
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "train.jsonl")
+    >>> write_jsonl([Record("a", "1 + 1?", "2", "1 + 1 = 2.")], path)
+    >>> read_jsonl(path)[0].rationale
+    '1 + 1 = 2.'
+    """
+    path = os.fspath(path)
+    records, lines = [], []
+    with open(path, encoding="utf-8") as f:
+        for number, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise RecordError(path, number, None, f"invalid JSON: {e.msg}") from None
+            records.append(record_from_dict(data, path, number))
+            lines.append(number)
+    _check_unique_ids(records, lines, path)
+    return records
+
+
+def write_jsonl(records: Iterable[Record], path: str | os.PathLike) -> None:
+    """Writes records as JSON Lines, atomically (temporary file, then rename)."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_csv(path: str | os.PathLike) -> list[Record]:
+    """Reads records from a CSV file with a header row.
+
+    The columns are the record fields; `rationale` and `llm_label` may be
+    absent, and an empty cell in them means null.
+    """
+    path = os.fspath(path)
+    records, lines = [], []
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None:
+            raise RecordError(path, 1, None, "empty file; expected a header row")
+        for row in reader:
+            line = reader.line_num
+            if None in row:
+                raise RecordError(path, line, None, "more cells than header columns")
+            data = {
+                k: (None if k in _OPTIONAL_STRING_FIELDS and v == "" else v)
+                for k, v in row.items()
+            }
+            for field in _REQUIRED_STRING_FIELDS:
+                if data.get(field, "") is None:
+                    data[field] = ""
+            records.append(record_from_dict(data, path, line))
+            lines.append(line)
+    _check_unique_ids(records, lines, path)
+    return records
+
+
+def write_csv(records: Iterable[Record], path: str | os.PathLike) -> None:
+    """Writes records as CSV with a header row (null becomes an empty cell)."""
+    path = os.fspath(path)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=FIELDS)
+    writer.writeheader()
+    for record in records:
+        writer.writerow({k: ("" if v is None else v) for k, v in record.to_dict().items()})
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+def read_records(path: str | os.PathLike) -> list[Record]:
+    """Reads a `.jsonl`/`.json` or `.csv` file of records, by its extension."""
+    path = os.fspath(path)
+    if path.endswith(".csv"):
+        return read_csv(path)
+    if path.endswith((".jsonl", ".json")):
+        return read_jsonl(path)
+    raise ValueError(
+        f"Cannot tell the format of {path!r}: use a .jsonl or .csv file. "
+        f"Received: path={path!r}"
+    )
+

@@ -1,0 +1,286 @@
+"""`DistillStepByStep`: a Keras model that trains a seq2seq LM on labels and rationales."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dss_keras.decoding import greedy_decode
+from dss_keras.preprocessor import TASKS, MultiTaskPreprocessor
+
+MODES = ("distill_step_by_step", "standard")
+
+
+@keras.saving.register_keras_serializable(package="dss_keras")
+class TokenMean(keras.metrics.Metric):
+    """A mean over tokens: accumulates a sum and a token count, divides once.
+
+    Under a `tf.distribute` strategy both accumulators are summed over the
+    replicas when read, so the result is the mean over all tokens of all
+    replicas, not a mean of per-replica means.
+    """
+
+    def __init__(self, name: str = "token_mean", dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        self.total = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="total")
+        self.count = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="count")
+
+    def update_state(self, total, count):
+        self.total.assign_add(tf.cast(total, "float32"))
+        self.count.assign_add(tf.cast(count, "float32"))
+
+    def result(self):
+        return tf.math.divide_no_nan(self.total, self.count)
+
+    def reset_state(self):
+        self.total.assign(0.0)
+        self.count.assign(0.0)
+
+
+def _all_reduce_sum(value):
+    """Sums `value` over the replicas of the current strategy (identity without one)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+@keras.saving.register_keras_serializable(package="dss_keras")
+class DistillStepByStep(keras.Model):
+    """Distilling step-by-step around any KerasHub `Seq2SeqLM`.
+
+    The wrapped model learns two tasks that share all its weights, told apart
+    by a prefix on the input: `predict: <x>` -> label and `explain: <x>` ->
+    rationale. Training minimises
+
+        alpha * label_loss + (1 - alpha) * rationale_loss
+
+    where each task loss is the mean cross-entropy over the non-padding target
+    tokens of that task in the (global) batch. In `"standard"` mode only the
+    label task is trained: with human labels that is standard finetuning, with
+    teacher labels standard distillation.
+
+    Batches come from `dss_keras.data.make_dataset`: `(x, y, sample_weight)`
+    where each is a dict keyed by task (`"label"`, `"rationale"`), `x[task]`
+    holding KerasHub's four `encoder_*`/`decoder_*` tensors.
+
+    Args:
+        seq2seq_lm: A `keras_hub.models.Seq2SeqLM` with a preprocessor (its
+            tokenizer is used), e.g. `keras_hub.models.T5Seq2SeqLM`.
+        alpha: Weight of the label loss, in [0, 1].
+        mode: `"distill_step_by_step"` (both tasks) or `"standard"`.
+        label_prefix, rationale_prefix: The task prefixes.
+        max_input_length, max_label_length, max_rationale_length: Token
+            budgets (end token included) for inputs and the two targets; also
+            the generation budgets of `predict_labels()` and `explain()`.
+        sequence_layout: The special ids of the sequences
+            (`encoder_start_ids`, `decoder_start_ids`, `end_token_id`,
+            `pad_token_id`); read off `seq2seq_lm.preprocessor` by default.
+
+    Examples:
+
+    >>> from dss_keras import testing
+    >>> from dss_keras.data import make_dataset
+    >>> model = DistillStepByStep(testing.tiny_seq2seq_lm(), max_label_length=4,
+    ...                           max_rationale_length=16, max_input_length=48)
+    >>> model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    >>> dataset, report = make_dataset(testing.toy_records(16), model.preprocessor,
+    ...                                batch_size=8)
+    >>> history = model.fit(dataset, epochs=1, verbose=0)
+    >>> sorted(history.history)
+    ['label_loss', 'label_token_accuracy', 'loss', 'rationale_loss']
+    >>> len(model.predict_labels(["Ana has 3 cups. Then Ana finds 2 more. "
+    ...                           "How many cups does Ana have now?"]))
+    1
+    """
+
+    def __init__(
+        self,
+        seq2seq_lm: keras.Model,
+        alpha: float = 0.5,
+        mode: str = "distill_step_by_step",
+        label_prefix: str = "predict: ",
+        rationale_prefix: str = "explain: ",
+        max_input_length: int = 512,
+        max_label_length: int = 32,
+        max_rationale_length: int = 256,
+        sequence_layout: dict | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"`alpha` must be in [0, 1]. Received: alpha={alpha}")
+        self.seq2seq_lm = seq2seq_lm
+        self.alpha = float(alpha)
+        self.mode = mode
+        self.preprocessor = MultiTaskPreprocessor.from_seq2seq_lm(
+            seq2seq_lm,
+            **(sequence_layout or {}),
+            label_prefix=label_prefix,
+            rationale_prefix=rationale_prefix,
+            max_input_length=max_input_length,
+            max_label_length=max_label_length,
+            max_rationale_length=max_rationale_length,
+        )
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.task_loss_trackers = {task: TokenMean(name=f"{task}_loss") for task in TASKS}
+        self.label_accuracy_tracker = TokenMean(name="label_token_accuracy")
+        self._generate_functions = {}
+        # All weights live in the (already built) seq2seq LM.
+        self.built = True
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The trained tasks: both, or only `"label"` in standard mode."""
+        return TASKS if self.mode == "distill_step_by_step" else ("label",)
+
+    @property
+    def metrics(self):
+        trackers = [self.loss_tracker, self.task_loss_trackers["label"]]
+        if "rationale" in self.tasks:
+            trackers.append(self.task_loss_trackers["rationale"])
+        return trackers + [self.label_accuracy_tracker]
+
+    def call(self, inputs, training=False):
+        """Maps one task's four KerasHub inputs to logits."""
+        return self.seq2seq_lm(inputs, training=training)
+
+    # --- losses ------------------------------------------------------------
+
+    def _task_statistics(self, x, y, sample_weight, task, training):
+        """Token cross-entropy sum, token count and correct-token count of one task."""
+        logits = tf.cast(self.seq2seq_lm(x[task], training=training), "float32")
+        targets = tf.cast(y[task], "int32")
+        weights = tf.cast(sample_weight[task], "float32")
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+        correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), targets), "float32")
+        return (
+            tf.reduce_sum(losses * weights),
+            tf.reduce_sum(weights),
+            tf.reduce_sum(correct * weights),
+        )
+
+    def compute_task_losses(self, x, y, sample_weight, training=False):
+        """The replica's share of the objective, and per-task statistics.
+
+        Each task's token sum is divided by the task's token count over the
+        *global* batch (all replicas), so that summing the replicas'
+        gradients, as `tf.distribute` does, gives the gradient of the global
+        token mean.
+
+        Returns:
+            `(loss, statistics)`: the replica's loss share, and for each task
+            `(token_loss_sum, token_count, correct_tokens)` of this replica.
+        """
+        statistics, loss = {}, 0.0
+        for task in self.tasks:
+            total, count, correct = self._task_statistics(x, y, sample_weight, task, training)
+            statistics[task] = (total, count, correct)
+            task_loss = tf.math.divide_no_nan(total, _all_reduce_sum(count))
+            weight = 1.0 if self.mode == "standard" else (
+                self.alpha if task == "label" else 1.0 - self.alpha
+            )
+            loss += weight * task_loss
+        return loss, statistics
+
+    def _update_metrics(self, loss, statistics):
+        self.loss_tracker.update_state(_all_reduce_sum(loss))
+        for task, (total, count, _) in statistics.items():
+            self.task_loss_trackers[task].update_state(total, count)
+        _, label_count, label_correct = statistics["label"]
+        self.label_accuracy_tracker.update_state(label_correct, label_count)
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            loss, statistics = self.compute_task_losses(x, y, sample_weight, training=True)
+            scaled_loss = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        gradients = tape.gradient(scaled_loss, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return self._update_metrics(loss, statistics)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        loss, statistics = self.compute_task_losses(x, y, sample_weight, training=False)
+        return self._update_metrics(loss, statistics)
+
+    # --- generation ----------------------------------------------------------
+
+    def _generate_function(self, task: str):
+        if task not in self._generate_functions:
+            pre = self.preprocessor
+
+            @tf.function(reduce_retracing=True)
+            def generate(texts):
+                inputs = pre.encode_inputs(texts, task)
+                ids = greedy_decode(
+                    self.seq2seq_lm,
+                    inputs["encoder_token_ids"],
+                    inputs["encoder_padding_mask"],
+                    decoder_start_ids=pre.decoder_start_ids,
+                    end_token_id=pre.end_token_id,
+                    pad_token_id=pre.pad_token_id,
+                    max_length=pre.max_target_length(task),
+                )
+                return pre.decode(ids)
+
+            self._generate_functions[task] = generate
+        return self._generate_functions[task]
+
+    def generate_text(
+        self, texts: Sequence[str], task: str = "label", batch_size: int = 64
+    ) -> list[str]:
+        """Greedy generation for raw inputs (the task prefix is added here)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        generate = self._generate_function(task)
+        outputs = []
+        for start in range(0, len(texts), batch_size):
+            chunk = tf.constant(texts[start : start + batch_size], tf.string)
+            outputs += [s.decode("utf-8") for s in generate(chunk).numpy()]
+        return outputs
+
+    def predict_labels(self, texts: Sequence[str], batch_size: int = 64) -> list[str]:
+        """Generates the label of each input (greedy, up to `max_label_length`)."""
+        return self.generate_text(texts, "label", batch_size)
+
+    def explain(self, texts: Sequence[str], batch_size: int = 64) -> list[str]:
+        """Generates the rationale of each input (greedy, up to `max_rationale_length`)."""
+        return self.generate_text(texts, "rationale", batch_size)
+
+    # --- serialization ---------------------------------------------------------
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        pre = self.preprocessor
+        config.update(
+            {
+                "seq2seq_lm": keras.saving.serialize_keras_object(self.seq2seq_lm),
+                "alpha": self.alpha,
+                "mode": self.mode,
+                "label_prefix": pre.label_prefix,
+                "rationale_prefix": pre.rationale_prefix,
+                "max_input_length": pre.max_input_length,
+                "max_label_length": pre.max_label_length,
+                "max_rationale_length": pre.max_rationale_length,
+                "sequence_layout": {
+                    "encoder_start_ids": pre.encoder_start_ids,
+                    "decoder_start_ids": pre.decoder_start_ids,
+                    "end_token_id": pre.end_token_id,
+                    "pad_token_id": pre.pad_token_id,
+                },
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["seq2seq_lm"] = keras.saving.deserialize_keras_object(config["seq2seq_lm"])
+        return cls(**config)

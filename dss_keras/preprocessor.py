@@ -1,0 +1,247 @@
+"""Turns text into the token tensors of the two tasks, inside the TF graph.
+
+`MultiTaskPreprocessor` adds the task prefix, tokenizes with the backbone's
+tokenizer, truncates, and lays out encoder and decoder sequences the way the
+backbone's own KerasHub preprocessor does (T5: decoder starts from the pad id;
+BART: from `</s> <s>`). Unlike KerasHub's preprocessor it does not pad to a
+fixed length: sequences keep their own length so that batches are padded only
+as far as they need (see `dss_keras.data.pipeline`). Padding masks come from
+lengths, never from comparing ids with the pad id (T5's decoder start *is* the
+pad id).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+TASKS = ("label", "rationale")
+
+
+@keras.saving.register_keras_serializable(package="dss_keras")
+class MultiTaskPreprocessor:
+    """Prefixes, tokenizes and packs inputs and targets of both tasks.
+
+    Args:
+        tokenizer: The backbone's KerasHub tokenizer (e.g. `T5Tokenizer`).
+        label_prefix: Prefix of the label task's input.
+        rationale_prefix: Prefix of the rationale task's input.
+        max_input_length: Longest encoder sequence, end token included.
+        max_label_length: Longest label target, end token included.
+        max_rationale_length: Longest rationale target, end token included.
+        encoder_start_ids: Ids put before the input tokens (BART: `<s>`).
+        decoder_start_ids: Ids the decoder starts from (T5: the pad id).
+        end_token_id: The end-of-sequence id.
+        pad_token_id: The padding id.
+
+    Examples:
+
+    >>> from dss_keras import testing
+    >>> lm = testing.tiny_seq2seq_lm()
+    >>> pre = MultiTaskPreprocessor.from_seq2seq_lm(lm, max_label_length=4)
+    >>> example = pre.pack_example({"input": "Dee has 3 rocks.", "label": "3",
+    ...                             "rationale": "Dee has 3."})
+    >>> sorted(example["label"])
+    ['decoder_padding_mask', 'decoder_token_ids', 'encoder_padding_mask', 'encoder_token_ids', 'target_ids']
+    >>> int(example["label"]["decoder_token_ids"][0])  # T5 starts from pad
+    0
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        label_prefix: str = "predict: ",
+        rationale_prefix: str = "explain: ",
+        max_input_length: int = 512,
+        max_label_length: int = 32,
+        max_rationale_length: int = 256,
+        encoder_start_ids: Sequence[int] = (),
+        decoder_start_ids: Sequence[int] = (0,),
+        end_token_id: int = 1,
+        pad_token_id: int = 0,
+    ):
+        for name, value in (
+            ("max_input_length", max_input_length),
+            ("max_label_length", max_label_length),
+            ("max_rationale_length", max_rationale_length),
+        ):
+            if int(value) < 1:
+                raise ValueError(f"`{name}` must be at least 1. Received: {name}={value}")
+        self.tokenizer = tokenizer
+        self.label_prefix = label_prefix
+        self.rationale_prefix = rationale_prefix
+        self.max_input_length = int(max_input_length)
+        self.max_label_length = int(max_label_length)
+        self.max_rationale_length = int(max_rationale_length)
+        self.encoder_start_ids = [int(i) for i in encoder_start_ids]
+        self.decoder_start_ids = [int(i) for i in decoder_start_ids]
+        self.end_token_id = int(end_token_id)
+        self.pad_token_id = int(pad_token_id)
+        if self.max_input_length <= len(self.encoder_start_ids):
+            raise ValueError(
+                "`max_input_length` leaves no room for input tokens. "
+                f"Received: max_input_length={max_input_length}"
+            )
+
+    @classmethod
+    def from_seq2seq_lm(cls, seq2seq_lm, **kwargs) -> "MultiTaskPreprocessor":
+        """Reads the tokenizer and the sequence layout off a KerasHub `Seq2SeqLM`.
+
+        Layout ids given in `kwargs` win over those read off the model (a
+        model being loaded has no vocabulary yet to read them from).
+        """
+        preprocessor = getattr(seq2seq_lm, "preprocessor", None)
+        if preprocessor is None:
+            raise ValueError(
+                "The Seq2SeqLM has no preprocessor, so its tokenizer is unknown. "
+                "Build it with a preprocessor, e.g. `T5Seq2SeqLM(backbone, "
+                "preprocessor=T5Seq2SeqLMPreprocessor(tokenizer))`. "
+                f"Received: seq2seq_lm={type(seq2seq_lm).__name__}(preprocessor=None)"
+            )
+        layout_keys = ("encoder_start_ids", "decoder_start_ids", "end_token_id", "pad_token_id")
+        if not all(key in kwargs for key in layout_keys):
+            kwargs = {**sequence_layout(seq2seq_lm), **kwargs}
+        return cls(preprocessor.tokenizer, **kwargs)
+
+    def get_config(self) -> dict:
+        return {
+            "tokenizer": keras.saving.serialize_keras_object(self.tokenizer),
+            "label_prefix": self.label_prefix,
+            "rationale_prefix": self.rationale_prefix,
+            "max_input_length": self.max_input_length,
+            "max_label_length": self.max_label_length,
+            "max_rationale_length": self.max_rationale_length,
+            "encoder_start_ids": self.encoder_start_ids,
+            "decoder_start_ids": self.decoder_start_ids,
+            "end_token_id": self.end_token_id,
+            "pad_token_id": self.pad_token_id,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> "MultiTaskPreprocessor":
+        config = dict(config)
+        config["tokenizer"] = keras.saving.deserialize_keras_object(config["tokenizer"])
+        return cls(**config)
+
+    def prefix(self, task: str) -> str:
+        if task not in TASKS:
+            raise ValueError(f"`task` must be one of {TASKS}. Received: task={task!r}")
+        return self.label_prefix if task == "label" else self.rationale_prefix
+
+    def max_target_length(self, task: str) -> int:
+        self.prefix(task)
+        return self.max_label_length if task == "label" else self.max_rationale_length
+
+    # --- single examples (tf.data) -------------------------------------------
+
+    def _tokens(self, text):
+        return tf.cast(self.tokenizer(text), tf.int32)
+
+    def encode_input(self, text, task: str) -> tf.Tensor:
+        """One input string -> encoder ids `[start..., prefix + text..., end]`."""
+        budget = self.max_input_length - len(self.encoder_start_ids) - 1
+        tokens = self._tokens(tf.strings.join([self.prefix(task), text]))[:budget]
+        return tf.concat(
+            [
+                tf.constant(self.encoder_start_ids, tf.int32),
+                tokens,
+                tf.constant([self.end_token_id], tf.int32),
+            ],
+            axis=0,
+        )
+
+    def encode_target(self, text, task: str) -> tuple[tf.Tensor, tf.Tensor]:
+        """One target string -> (decoder input ids, target ids), shifted by one.
+
+        The target ends with the end token and has at most
+        `max_target_length(task)` tokens.
+        """
+        # The target is the full sequence shifted by one: it holds all start ids
+        # but the first, the tokens and the end token.
+        budget = self.max_target_length(task) - len(self.decoder_start_ids)
+        full = tf.concat(
+            [
+                tf.constant(self.decoder_start_ids, tf.int32),
+                self._tokens(text)[: max(budget, 0)],
+                tf.constant([self.end_token_id], tf.int32),
+            ],
+            axis=0,
+        )
+        return full[:-1], full[1:]
+
+    def pack_task(self, input_text, target_text, task: str, weight=1.0) -> dict:
+        """One example of one task, as unpadded 1-D tensors."""
+        encoder_ids = self.encode_input(input_text, task)
+        decoder_ids, target_ids = self.encode_target(target_text, task)
+        return {
+            "encoder_token_ids": encoder_ids,
+            "encoder_padding_mask": tf.ones_like(encoder_ids),
+            "decoder_token_ids": decoder_ids,
+            "decoder_padding_mask": tf.ones_like(decoder_ids),
+            "target_ids": target_ids,
+            "target_weights": tf.cast(weight, tf.float32) * tf.ones_like(target_ids, tf.float32),
+        }
+
+    def pack_example(self, features: dict, tasks: Sequence[str] = ("label",)) -> dict:
+        """`{"input", "label"[, "rationale", "has_rationale"]}` -> one dict per task."""
+        packed = {"label": self.pack_task(features["input"], features["label"], "label")}
+        if "rationale" in tasks:
+            weight = features.get("has_rationale", 1.0)
+            packed["rationale"] = self.pack_task(
+                features["input"], features["rationale"], "rationale", weight
+            )
+        return packed
+
+    # --- batches (generation) ------------------------------------------------
+
+    def encode_inputs(self, texts, task: str = "label") -> dict:
+        """A batch of strings -> padded `encoder_token_ids`/`encoder_padding_mask`."""
+        texts = tf.convert_to_tensor(texts, tf.string)
+        ids = tf.map_fn(
+            lambda t: self.encode_input(t, task),
+            texts,
+            fn_output_signature=tf.RaggedTensorSpec([None], tf.int32),
+        )
+        return {
+            "encoder_token_ids": ids.to_tensor(self.pad_token_id),
+            "encoder_padding_mask": tf.ones_like(ids).to_tensor(0),
+        }
+
+    def decode(self, token_ids) -> tf.Tensor:
+        """Generated ids -> strings, cut at the first end token."""
+        token_ids = tf.convert_to_tensor(token_ids, tf.int32)
+        is_end = tf.cast(tf.equal(token_ids, self.end_token_id), tf.int32)
+        keep = tf.equal(tf.cumsum(is_end, axis=-1), 0)
+        for special in set(self.decoder_start_ids) | {self.pad_token_id}:
+            keep &= tf.not_equal(token_ids, special)
+        ragged = tf.ragged.boolean_mask(token_ids, keep)
+        return tf.strings.strip(self.tokenizer.detokenize(ragged))
+
+
+def sequence_layout(seq2seq_lm) -> dict:
+    """The special ids a KerasHub `Seq2SeqLM`'s own preprocessor packs with.
+
+    Returns:
+        A dict with `encoder_start_ids`, `decoder_start_ids`, `end_token_id`
+        and `pad_token_id`.
+    """
+    preprocessor = seq2seq_lm.preprocessor
+    preprocessor.build(None)
+    encoder = preprocessor.encoder_packer
+    decoder = preprocessor.decoder_packer
+    return {
+        "encoder_start_ids": _as_list(encoder.start_value),
+        "decoder_start_ids": _as_list(decoder.start_value),
+        "end_token_id": _as_list(decoder.end_value)[-1],
+        "pad_token_id": int(decoder.pad_value),
+    }
+
+
+def _as_list(value) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value]
+    return [int(value)]
