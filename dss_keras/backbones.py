@@ -36,7 +36,6 @@ def train_sentencepiece(
     vocabulary_size: int = 1000,
     model_type: str = "bpe",
     split_digits: bool = True,
-    seed: int = 0,
 ) -> bytes:
     """Trains a SentencePiece model with T5's special ids and returns its bytes.
 
@@ -49,7 +48,6 @@ def train_sentencepiece(
         vocabulary_size: The number of pieces, special tokens included.
         model_type: `"bpe"` or `"unigram"`.
         split_digits: Whether every digit is a token of its own.
-        seed: Seed of SentencePiece's sampling, for reproducible vocabularies.
 
     Returns:
         The serialized SentencePiece model, for `keras_hub.models.T5Tokenizer`.
@@ -102,6 +100,7 @@ def tiny_t5(
     key_value_dim: int | None = None,
     dropout: float = 0.0,
     seed: int = 0,
+    dtype=None,
 ) -> keras_hub.models.T5Seq2SeqLM:
     """A small, randomly initialised T5 v1.1 with its own vocabulary.
 
@@ -118,7 +117,8 @@ def tiny_t5(
         vocabulary_size: Vocabulary size when training one.
         num_layers, num_heads, hidden_dim, intermediate_dim, key_value_dim,
             dropout: The backbone's shape.
-        seed: Seeds the vocabulary and the weights.
+        seed: Seeds the weights.
+        dtype: A dtype or `keras.DTypePolicy` name (e.g. `"mixed_bfloat16"`).
 
     Returns:
         A `keras_hub.models.T5Seq2SeqLM` with a `T5Seq2SeqLMPreprocessor`.
@@ -137,7 +137,7 @@ def tiny_t5(
     if proto is None:
         if texts is None:
             raise ValueError("`tiny_t5` needs `texts` or `proto`.")
-        proto = train_sentencepiece(texts, vocabulary_size=vocabulary_size, seed=seed)
+        proto = train_sentencepiece(texts, vocabulary_size=vocabulary_size)
     tokenizer = keras_hub.models.T5Tokenizer(proto=proto)
     backbone = keras_hub.models.T5Backbone(
         vocabulary_size=tokenizer.vocabulary_size(),
@@ -150,18 +150,31 @@ def tiny_t5(
         activation=gelu_tanh,
         use_gated_activation=True,
         tie_embedding_weights=False,
+        dtype=dtype,
     )
     reinitialize_token_embeddings(backbone, seed=seed)
     preprocessor = keras_hub.models.T5Seq2SeqLMPreprocessor(tokenizer=tokenizer)
-    return keras_hub.models.T5Seq2SeqLM(backbone=backbone, preprocessor=preprocessor)
+    return keras_hub.models.T5Seq2SeqLM(
+        backbone=backbone, preprocessor=preprocessor, dtype=dtype
+    )
 
 
-def reinitialize_token_embeddings(backbone: keras.Model, seed: int = 0, stddev: float = 1.0):
-    """Redraws a backbone's token embeddings (and output projection) from N(0, stddev²)."""
+def reinitialize_token_embeddings(backbone: keras.Model, seed: int = 0) -> None:
+    """Redraws a backbone's token embeddings from N(0, 1).
+
+    An untied output projection is drawn from N(0, 1 / hidden_dim), so that
+    the first logits are of order one (the scale of the T5 v1.1 `lm_head`
+    initialisation).
+    """
     rng = np.random.default_rng(seed)
     embedding = backbone.token_embedding
-    for variable in embedding.weights:
-        variable.assign(rng.normal(0.0, stddev, size=variable.shape).astype(variable.dtype))
+    embedding.embeddings.assign(
+        rng.normal(0.0, 1.0, size=embedding.embeddings.shape).astype("float32")
+    )
+    reverse = getattr(embedding, "reverse_embeddings", None)
+    if reverse is not None and not embedding.tie_weights:
+        stddev = float(backbone.hidden_dim) ** -0.5
+        reverse.assign(rng.normal(0.0, stddev, size=reverse.shape).astype("float32"))
 
 
 def from_preset(

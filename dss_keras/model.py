@@ -127,7 +127,7 @@ class DistillStepByStep(keras.Model):
             max_label_length=max_label_length,
             max_rationale_length=max_rationale_length,
         )
-        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.loss_tracker = TokenMean(name="loss")
         self.task_loss_trackers = {task: TokenMean(name=f"{task}_loss") for task in TASKS}
         self.label_accuracy_tracker = TokenMean(name="label_token_accuracy")
         self._generate_functions = {}
@@ -147,8 +147,10 @@ class DistillStepByStep(keras.Model):
         return trackers + [self.label_accuracy_tracker]
 
     def call(self, inputs, training=False):
-        """Maps one task's four KerasHub inputs to logits."""
-        return self.seq2seq_lm(inputs, training=training)
+        """Logits of one task's four KerasHub inputs, or a dict of them per task."""
+        if "encoder_token_ids" in inputs:
+            return self.seq2seq_lm(inputs, training=training)
+        return {task: self.seq2seq_lm(inputs[task], training=training) for task in inputs}
 
     # --- losses ------------------------------------------------------------
 
@@ -163,6 +165,7 @@ class DistillStepByStep(keras.Model):
             tf.reduce_sum(losses * weights),
             tf.reduce_sum(weights),
             tf.reduce_sum(correct * weights),
+            tf.shape(targets)[0],
         )
 
     def compute_task_losses(self, x, y, sample_weight, training=False):
@@ -175,12 +178,13 @@ class DistillStepByStep(keras.Model):
 
         Returns:
             `(loss, statistics)`: the replica's loss share, and for each task
-            `(token_loss_sum, token_count, correct_tokens)` of this replica.
+            `(token_loss_sum, token_count, correct_tokens, examples)` of this
+            replica.
         """
         statistics, loss = {}, 0.0
         for task in self.tasks:
-            total, count, correct = self._task_statistics(x, y, sample_weight, task, training)
-            statistics[task] = (total, count, correct)
+            statistics[task] = self._task_statistics(x, y, sample_weight, task, training)
+            total, count = statistics[task][:2]
             task_loss = tf.math.divide_no_nan(total, _all_reduce_sum(count))
             weight = 1.0 if self.mode == "standard" else (
                 self.alpha if task == "label" else 1.0 - self.alpha
@@ -189,10 +193,15 @@ class DistillStepByStep(keras.Model):
         return loss, statistics
 
     def _update_metrics(self, loss, statistics):
-        self.loss_tracker.update_state(_all_reduce_sum(loss))
-        for task, (total, count, _) in statistics.items():
+        # Like Keras, `loss` is averaged over batches weighted by their size. The
+        # weight must come from the data: a constant increment has no data
+        # dependency, so TF may run it before the iterator reports its end, and
+        # the last (empty) call of an epoch would count one batch too many.
+        examples = _all_reduce_sum(tf.cast(statistics["label"][3], "float32"))
+        self.loss_tracker.update_state(_all_reduce_sum(loss) * examples, examples)
+        for task, (total, count, _, _) in statistics.items():
             self.task_loss_trackers[task].update_state(total, count)
-        _, label_count, label_correct = statistics["label"]
+        _, label_count, label_correct, _ = statistics["label"]
         self.label_accuracy_tracker.update_state(label_correct, label_count)
         return {m.name: m.result() for m in self.metrics}
 

@@ -228,7 +228,8 @@ def sequence_layout(seq2seq_lm) -> dict:
         and `pad_token_id`.
     """
     preprocessor = seq2seq_lm.preprocessor
-    preprocessor.build(None)
+    if not preprocessor.built:
+        preprocessor.build(None)
     encoder = preprocessor.encoder_packer
     decoder = preprocessor.decoder_packer
     return {

@@ -12,3 +12,17 @@ from dss_keras.data.records import (
 )
 from dss_keras.data.pipeline import PipelineReport, make_dataset
 from dss_keras.data.word_problems import word_problems
+from dss_keras.data.official import (
+    TeacherReport,
+    load_benchmark,
+    load_official,
+    read_official,
+    teacher_report,
+)
+from dss_keras.data.splits import split_validation, take_fraction
+from dss_keras.data.teacher_outputs import (
+    AnswerFormat,
+    ParsedOutputs,
+    get_answer_format,
+    parse_teacher_outputs,
+)

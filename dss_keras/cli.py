@@ -1,0 +1,139 @@
+"""The `dss-keras` command. Each subcommand parses flags and calls one library function.
+
+    dss-keras demo
+    dss-keras train --train-file train.jsonl --run-dir runs/cqa --steps 2000
+    dss-keras evaluate runs/cqa --file test.jsonl
+    dss-keras predict runs/cqa "Dee has 10 rocks. ..."
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import typing
+from typing import Sequence
+
+from dss_keras.config import TrainConfig
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per `TrainConfig` field, named like it (`--run-dir` for `run_dir`)."""
+    hints = typing.get_type_hints(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        hint = hints[field.name]
+        if hint is bool:
+            kind = lambda s: s.lower() in ("1", "true", "yes")  # noqa: E731
+        elif hint in (int, float):
+            kind = hint
+        else:
+            kind = str
+        parser.add_argument(flag, type=kind, default=field.default, dest=field.name,
+                            help=f"(default: {field.default!r})")
+
+
+def _train(args) -> int:
+    from dss_keras.training import train
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig.from_dict({k: v for k, v in vars(args).items() if k in names})
+    result = train(config)
+    print(json.dumps({k: result.metrics[k] for k in ("validation", "test") if k in result.metrics},
+                     indent=2))
+    print(f"Run saved in {result.run_dir}")
+    return 0
+
+
+def _load_model(run_dir: str):
+    import os
+
+    import keras
+
+    import dss_keras  # noqa: F401  (registers the classes)
+
+    path = run_dir if run_dir.endswith(".keras") else os.path.join(run_dir, "model.keras")
+    if not os.path.exists(path):
+        raise SystemExit(f"No trained model at {path}: train one with `dss-keras train`.")
+    return keras.models.load_model(path)
+
+
+def _evaluate(args) -> int:
+    from dss_keras.data.records import read_records
+    from dss_keras.evaluation import evaluate_labels
+
+    model = _load_model(args.run_dir)
+    result = evaluate_labels(model, read_records(args.file), args.metric, args.batch_size)
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
+def _predict(args) -> int:
+    texts = list(args.texts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if args.saved_model:
+        from dss_keras.export import load_and_predict
+
+        outputs = load_and_predict(args.saved_model, texts,
+                                   "explain" if args.explain else "serving_default")
+    else:
+        model = _load_model(args.run_dir)
+        outputs = model.explain(texts) if args.explain else model.predict_labels(texts)
+    for output in outputs:
+        print(output)
+    return 0
+
+
+def _demo(args) -> int:
+    from dss_keras import demo
+
+    return demo.main(["--run-dir", args.run_dir, "--steps", str(args.steps)])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dss-keras", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model (flags = TrainConfig fields)")
+    _add_config_flags(train)
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("evaluate", help="label accuracy of a trained run")
+    evaluate.add_argument("run_dir", help="run directory (or a .keras file)")
+    evaluate.add_argument("--file", required=True, help="records (.jsonl or .csv)")
+    evaluate.add_argument("--metric", default="exact_match",
+                          help="exact_match, equation, or a benchmark name")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.set_defaults(run=_evaluate)
+
+    predict = commands.add_parser("predict", help="generate labels (or rationales)")
+    predict.add_argument("run_dir", nargs="?", default=None,
+                         help="run directory (or a .keras file)")
+    predict.add_argument("texts", nargs="*", help="inputs; read from stdin when absent")
+    predict.add_argument("--saved-model", help="an exported SavedModel version directory")
+    predict.add_argument("--explain", action="store_true", help="generate rationales")
+    predict.set_defaults(run=_predict)
+
+    demo = commands.add_parser("demo", help="the quickstart comparison")
+    demo.add_argument("--run-dir", default="runs/quickstart")
+    demo.add_argument("--steps", type=int, default=1200)
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    if args.command == "predict":
+        if args.saved_model and args.run_dir is not None:
+            # With --saved-model there is no run directory: it was a text.
+            args.texts, args.run_dir = [args.run_dir, *args.texts], None
+        if not args.saved_model and not args.run_dir:
+            raise SystemExit("predict needs a run directory or --saved-model DIR")
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The `dss_anli1` TFDS builder."""

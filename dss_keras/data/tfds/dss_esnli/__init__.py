@@ -1,0 +1,1 @@
+"""The `dss_esnli` TFDS builder."""
