@@ -4,6 +4,8 @@
     dss-keras train --train-file train.jsonl --run-dir runs/cqa --steps 2000
     dss-keras evaluate runs/cqa --file test.jsonl
     dss-keras predict runs/cqa "Dee has 10 rocks. ..."
+    dss-keras export runs/cqa --name cqa
+    dss-keras predict --saved-model saved_models/cqa "Dee has 10 rocks. ..."
 """
 
 from __future__ import annotations
@@ -85,6 +87,15 @@ def _predict(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from dss_keras.export import export_for_serving
+
+    model = _load_model(args.run_dir)
+    path = export_for_serving(model, args.export_dir, args.version, name=args.name)
+    print(f"Exported {path}")
+    return 0
+
+
 def _demo(args) -> int:
     from dss_keras import demo
 
@@ -115,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--saved-model", help="an exported SavedModel version directory")
     predict.add_argument("--explain", action="store_true", help="generate rationales")
     predict.set_defaults(run=_predict)
+
+    export = commands.add_parser("export", help="write a label-only SavedModel for TF Serving")
+    export.add_argument("run_dir", help="run directory (or a .keras file)")
+    export.add_argument("--name", help="model name: exports go to saved_models/<name>/<version>")
+    export.add_argument("--export-dir", help="the model's base directory (instead of --name)")
+    export.add_argument("--version", type=int, help="version number (default: the next one)")
+    export.set_defaults(run=_export)
 
     demo = commands.add_parser("demo", help="the quickstart comparison")
     demo.add_argument("--run-dir", default="runs/quickstart")

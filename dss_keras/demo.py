@@ -97,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--num-train", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--export-dir", default="saved_models/quickstart")
     args = parser.parse_args(argv)
     results = run_quickstart(
         args.run_dir, num_train=args.num_train, seed=args.seed, steps=args.steps,
@@ -105,4 +106,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\nHeld-out word problems (exact match of the generated answer):\n")
     print(format_table(results))
     print(f"\nModels saved under {args.run_dir}/<mode>/model.keras")
+    serve_example(results["distilling step-by-step"].model, args.export_dir)
     return 0
+
+
+def serve_example(model, export_dir: str = "saved_models/quickstart") -> str:
+    """Exports the label-only SavedModel and queries it through its signature."""
+    from dss_keras.export import export_for_serving, load_and_predict
+
+    path = export_for_serving(model, export_dir)
+    questions = [r.input for r in word_problems(3, seed=20_000)]
+    answers = load_and_predict(path, questions)
+    print(f"\nExported the label-only SavedModel to {path}; its serving_default signature says:")
+    for question, answer in zip(questions, answers):
+        print(f"  {question}\n    -> {answer}")
+    return path

@@ -210,12 +210,15 @@ class MultiTaskPreprocessor:
         }
 
     def decode(self, token_ids) -> tf.Tensor:
-        """Generated ids -> strings, cut at the first end token."""
+        """Generated ids -> strings, cut at the first end token, special ids dropped."""
         token_ids = tf.convert_to_tensor(token_ids, tf.int32)
         is_end = tf.cast(tf.equal(token_ids, self.end_token_id), tf.int32)
         keep = tf.equal(tf.cumsum(is_end, axis=-1), 0)
         for special in set(self.decoder_start_ids) | {self.pad_token_id}:
             keep &= tf.not_equal(token_ids, special)
+        # A backbone's vocabulary can be larger than its tokenizer's (T5: 32128
+        # embeddings for 32000 pieces); ids past the tokenizer have no text.
+        keep &= tf.less(token_ids, self.tokenizer.vocabulary_size())
         ragged = tf.ragged.boolean_mask(token_ids, keep)
         return tf.strings.strip(self.tokenizer.detokenize(ragged))
 

@@ -1,0 +1,374 @@
+"""SavedModel export for label-only serving: raw strings in, label strings out.
+
+The exported graph does everything: the task prefix, SentencePiece
+tokenization (TensorFlow Text ops), truncation, the encoder, greedy decoding
+with key/value caches (`dss_keras.decoding`) and detokenization. Loading it
+needs TensorFlow and TensorFlow Text only, so TF Serving runs it as is. Exports
+are laid out as TF Serving expects: `saved_models/<name>/<version>/`.
+
+Signatures:
+
+- `serving_default`: `text` (string `[None]`) -> `label` (string `[None]`);
+- `explain`: `text` -> `rationale`.
+
+Usage (the model is a trained `DistillStepByStep`):
+
+```python
+path = export_for_serving(model, "saved_models/cqa")  # saved_models/cqa/1
+load_and_predict(path, ["Where do you keep a book? ..."])
+```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import Iterable
+
+import tensorflow as tf
+
+from dss_keras import decoding
+
+SIGNATURES = {"serving_default": "label", "explain": "rationale"}
+METADATA_PATH = os.path.join("assets.extra", "dss_keras.json")
+# Attributes that make TensorFlow compile a function or a cluster with XLA.
+XLA_ATTRIBUTES = ("_XlaMustCompile", "_XlaCompile", "_XlaScope")
+
+
+class ServingModule(tf.Module):
+    """The exported object: a tokenizer, the model's variables and two signatures.
+
+    Args:
+        seq2seq_lm: A KerasHub `Seq2SeqLM` with a SentencePiece tokenizer (T5).
+        preprocessor: The `MultiTaskPreprocessor` the model was trained with.
+        stop_at_end_token: `False` decodes the full `max_*_length` for every
+            batch even once every row has ended (same outputs, fixed cost: for
+            benchmarks).
+    """
+
+    def __init__(self, seq2seq_lm, preprocessor, *, stop_at_end_token: bool = True):
+        super().__init__(name="dss_keras_serving")
+        import tensorflow_text as tf_text
+
+        proto = getattr(preprocessor.tokenizer, "proto", None)
+        if not isinstance(proto, bytes):
+            raise ValueError(
+                "Export needs a SentencePiece tokenizer (e.g. T5's), whose model "
+                "goes into the graph. Received: "
+                f"tokenizer={type(preprocessor.tokenizer).__name__}"
+            )
+        self.tokenizer = tf_text.SentencepieceTokenizer(model=proto, out_type=tf.int32)
+        # The graph reads the Keras model's own variables; tracking them here
+        # saves them, and nothing else of Keras, into the SavedModel.
+        self.model_variables = [_tf_variable(v) for v in seq2seq_lm.variables]
+        # Plain Python objects: not trackable, so not saved.
+        self._settings = _Settings(
+            decoder=decoding.decoder_for(seq2seq_lm),
+            preprocessor=preprocessor,
+            vocabulary_size=int(preprocessor.tokenizer.vocabulary_size()),
+            stop_at_end_token=bool(stop_at_end_token),
+        )
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def serving_default(self, text):
+        return {"label": self.generate(text, "label")}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def explain(self, text):
+        return {"rationale": self.generate(text, "rationale")}
+
+    def signatures(self) -> dict:
+        return {"serving_default": self.serving_default, "explain": self.explain}
+
+    def generate(self, text, task: str) -> tf.Tensor:
+        """Strings `[batch]` -> generated strings `[batch]` for one task."""
+        settings = self._settings
+        pre = settings.preprocessor
+        inputs = self.encode(text, task)
+        generated = settings.decoder.greedy(
+            inputs["encoder_token_ids"],
+            inputs["encoder_padding_mask"],
+            decoder_start_ids=pre.decoder_start_ids,
+            end_token_id=pre.end_token_id,
+            pad_token_id=pre.pad_token_id,
+            max_length=pre.max_target_length(task),
+            stop_at_end=settings.stop_at_end_token,
+        )
+        return self.decode(generated)
+
+    def encode(self, text, task: str) -> dict:
+        """As `MultiTaskPreprocessor.encode_inputs`, batched: prefix, tokenize, truncate, pack."""
+        pre = self._settings.preprocessor
+        text = tf.convert_to_tensor(text, tf.string)
+        batch = tf.shape(text)[0]
+        tokens = self.tokenizer.tokenize(tf.strings.join([pre.prefix(task), text]))
+        budget = pre.max_input_length - len(pre.encoder_start_ids) - 1
+        parts = [tokens[:, :budget], tf.fill([batch, 1], tf.constant(pre.end_token_id, tf.int32))]
+        if pre.encoder_start_ids:
+            starts = tf.constant([pre.encoder_start_ids], tf.int32)
+            parts.insert(0, tf.tile(starts, [batch, 1]))
+        ids = tf.concat(parts, axis=1)
+        return {
+            "encoder_token_ids": ids.to_tensor(pre.pad_token_id),
+            "encoder_padding_mask": tf.ones_like(ids).to_tensor(0),
+        }
+
+    def decode(self, token_ids) -> tf.Tensor:
+        """As `MultiTaskPreprocessor.decode`, and ids the tokenizer lacks are dropped.
+
+        (Models may have more output ids than the SentencePiece model has
+        pieces, e.g. T5's 32128 vs 32000; SentencePiece rejects such ids.)
+        """
+        pre = self._settings.preprocessor
+        is_end = tf.cast(tf.equal(token_ids, pre.end_token_id), tf.int32)
+        keep = tf.equal(tf.cumsum(is_end, axis=-1), 0)
+        for special in sorted(set(pre.decoder_start_ids) | {pre.pad_token_id}):
+            keep &= tf.not_equal(token_ids, special)
+        keep &= tf.less(token_ids, self._settings.vocabulary_size)
+        ragged = tf.ragged.boolean_mask(token_ids, keep)
+        return tf.strings.strip(self.tokenizer.detokenize(ragged))
+
+
+def export_for_serving(
+    model,
+    export_dir: str | os.PathLike | None = None,
+    version: int | None = None,
+    *,
+    name: str | None = None,
+    stop_at_end_token: bool = True,
+) -> str:
+    """Writes `model` as a SavedModel for TF Serving and returns its version directory.
+
+    The write is atomic: the SavedModel is written into a temporary directory
+    beside the versions (its name is not a number, so TF Serving ignores it),
+    checked for XLA ops (`verify_saved_model`), and then renamed to
+    `<export_dir>/<version>`. An existing version is never replaced.
+
+    Args:
+        model: A `DistillStepByStep` model, or any object with `seq2seq_lm`
+            (a KerasHub T5 `Seq2SeqLM`) and `preprocessor` (a
+            `MultiTaskPreprocessor`) attributes.
+        export_dir: The model's base directory; defaults to
+            `saved_models/<name>`.
+        version: A positive integer; defaults to one more than the highest
+            existing version (1 for the first export).
+        name: The base directory's name when `export_dir` is not given;
+            defaults to the model's `name`.
+        stop_at_end_token: `False` always decodes the maximum lengths (same
+            outputs, fixed cost; for benchmarks).
+
+    Returns:
+        The path of the new version directory.
+
+    Raises:
+        FileExistsError: when `<export_dir>/<version>` exists.
+        ValueError: for a version that is not a positive integer, or a model
+            without a SentencePiece tokenizer.
+
+    Examples:
+
+    ```python
+    model = DistillStepByStep(dss_keras.testing.tiny_seq2seq_lm())
+    path = export_for_serving(model, "saved_models/toy")  # saved_models/toy/1
+    load_and_predict(path, ["Dee has 3 rocks. How many rocks does Dee have?"])
+    ```
+    """
+    export_dir = os.fspath(export_dir or os.path.join("saved_models", name or _model_name(model)))
+    os.makedirs(export_dir, exist_ok=True)
+    version = next_version(export_dir) if version is None else _check_version(version)
+    target = os.path.join(export_dir, str(version))
+    _refuse_existing(target, version)
+    module = ServingModule(
+        model.seq2seq_lm, model.preprocessor, stop_at_end_token=stop_at_end_token
+    )
+    staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)
+    try:
+        tf.saved_model.save(
+            module,
+            staging,
+            signatures=module.signatures(),
+            options=tf.saved_model.SaveOptions(experimental_custom_gradients=False),
+        )
+        verify_saved_model(staging)
+        _write_metadata(staging, model, version, stop_at_end_token)
+        _refuse_existing(target, version)
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def next_version(export_dir: str | os.PathLike) -> int:
+    """One more than the highest integer-named subdirectory of `export_dir` (1 if none)."""
+    return max(versions(export_dir), default=0) + 1
+
+
+def versions(export_dir: str | os.PathLike) -> list[int]:
+    """The versions under `export_dir`, as TF Serving sees them (sorted)."""
+    if not os.path.isdir(export_dir):
+        return []
+    return sorted(
+        int(entry)
+        for entry in os.listdir(export_dir)
+        if re.fullmatch(r"[0-9]+", entry) and os.path.isdir(os.path.join(export_dir, entry))
+    )
+
+
+def load_and_predict(
+    saved_model_dir: str | os.PathLike,
+    texts: Iterable[str],
+    signature: str = "serving_default",
+    batch_size: int = 256,
+) -> list[str]:
+    """Runs an exported SavedModel on `texts` and returns its output strings.
+
+    Args:
+        saved_model_dir: A version directory, or a base directory (its highest
+            version is used).
+        texts: The raw inputs (no task prefix).
+        signature: `"serving_default"` for labels, `"explain"` for rationales.
+        batch_size: How many texts go through the graph at once.
+
+    Returns:
+        One string per input.
+    """
+    import tensorflow_text  # noqa: F401  (registers the SentencePiece ops)
+
+    path = resolve_version(saved_model_dir)
+    loaded = tf.saved_model.load(path)
+    if signature not in loaded.signatures:
+        raise ValueError(
+            f"The SavedModel at {path} has no signature {signature!r}; it has "
+            f"{sorted(loaded.signatures)}. Received: signature={signature!r}"
+        )
+    function = loaded.signatures[signature]
+    texts = list(texts)
+    outputs: list[str] = []
+    for start in range(0, len(texts), batch_size):
+        result = function(text=tf.constant(texts[start : start + batch_size], tf.string))
+        (values,) = result.values()
+        outputs += [value.decode("utf-8") for value in values.numpy()]
+    return outputs
+
+
+def resolve_version(saved_model_dir: str | os.PathLike) -> str:
+    """A version directory as is; a base directory -> its highest version."""
+    path = os.fspath(saved_model_dir)
+    if os.path.exists(os.path.join(path, "saved_model.pb")):
+        return path
+    found = versions(path)
+    if not found:
+        raise FileNotFoundError(
+            "Found neither a SavedModel nor numbered versions of one. "
+            f"Received: saved_model_dir={path}"
+        )
+    return os.path.join(path, str(found[-1]))
+
+
+def verify_saved_model(path: str | os.PathLike) -> set[str]:
+    """Checks that no graph or function of a SavedModel uses XLA; returns its op types.
+
+    Walks the graph of every meta graph and every function of its function
+    library (while-loop bodies included) and rejects `Xla*` ops and XLA
+    compilation attributes (`_XlaMustCompile` and friends).
+
+    Raises:
+        ValueError: naming the offending functions and ops.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(os.fspath(path), "saved_model.pb"), "rb") as file:
+        saved_model.ParseFromString(file.read())
+    op_types: set[str] = set()
+    problems: list[str] = []
+    for meta_graph in saved_model.meta_graphs:
+        graph = meta_graph.graph_def
+        scopes = [("<graph>", graph.node, {})]
+        scopes += [(f.signature.name, f.node_def, f.attr) for f in graph.library.function]
+        for scope, nodes, function_attrs in scopes:
+            problems += [f"{scope}: attr {key}" for key in _xla_attrs(function_attrs)]
+            for node in nodes:
+                op_types.add(node.op)
+                if "xla" in node.op.lower():
+                    problems.append(f"{scope}: op {node.op} ({node.name})")
+                problems += [f"{scope}: {node.name} attr {k}" for k in _xla_attrs(node.attr)]
+    if problems:
+        raise ValueError(
+            "The SavedModel uses XLA, which TF Serving on CPU may not run: "
+            + "; ".join(sorted(set(problems))[:20])
+        )
+    return op_types
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+class _Settings:
+    """Holds Python objects on a `tf.Module` without making them trackable."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+
+def _tf_variable(variable) -> tf.Variable:
+    """The `tf.Variable` behind a Keras variable (TensorFlow backend)."""
+    value = getattr(variable, "value", variable)
+    if not isinstance(value, tf.Variable):
+        raise ValueError(
+            "Export needs the TensorFlow backend (KERAS_BACKEND=tensorflow). "
+            f"Received: variable {variable.path} of type {type(value).__name__}"
+        )
+    return value
+
+
+def _xla_attrs(attrs) -> list[str]:
+    return [key for key in XLA_ATTRIBUTES if key in attrs and attrs[key].b]
+
+
+def _check_version(version) -> int:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"`version` must be a positive integer. Received: version={version!r}")
+    return version
+
+
+def _refuse_existing(target: str, version: int) -> None:
+    if os.path.lexists(target):
+        raise FileExistsError(
+            f"{target} exists and versions are never replaced; export a new "
+            f"version (leave `version` unset for the next one). Received: version={version}"
+        )
+
+
+def _model_name(model) -> str:
+    return str(getattr(model, "name", None) or "dss_model")
+
+
+def _write_metadata(path: str, model, version: int, stop_at_end_token: bool) -> None:
+    """A small JSON beside the graph (TF Serving ignores `assets.extra` content)."""
+    import dss_keras
+
+    pre = model.preprocessor
+    metadata = {
+        "dss_keras_version": dss_keras.__version__,
+        "version": version,
+        "signatures": {
+            name: {"inputs": {"text": "string [None]"}, "outputs": {output: "string [None]"}}
+            for name, output in SIGNATURES.items()
+        },
+        "label_prefix": pre.label_prefix,
+        "rationale_prefix": pre.rationale_prefix,
+        "max_input_length": pre.max_input_length,
+        "max_label_length": pre.max_label_length,
+        "max_rationale_length": pre.max_rationale_length,
+        "decoder": type(decoding.decoder_for(model.seq2seq_lm)).__name__,
+        "stop_at_end_token": stop_at_end_token,
+    }
+    os.makedirs(os.path.join(path, "assets.extra"), exist_ok=True)
+    with open(os.path.join(path, METADATA_PATH), "w", encoding="utf-8") as file:
+        json.dump(metadata, file, indent=2, sort_keys=True)
+        file.write("\n")

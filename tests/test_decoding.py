@@ -1,0 +1,195 @@
+"""Cached greedy decoding: same tokens as the full-recompute oracle, graph-safe, no XLA."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dss_keras import decoding, testing
+from dss_keras.preprocessor import MultiTaskPreprocessor
+
+
+_INPUT_KEYS = (
+    "encoder_token_ids",
+    "encoder_padding_mask",
+    "decoder_token_ids",
+    "decoder_padding_mask",
+)
+_compiled_calls = {}
+
+
+def reference_greedy_decode(
+    seq2seq_lm,
+    encoder_token_ids,
+    encoder_padding_mask,
+    *,
+    decoder_start_ids,
+    end_token_id,
+    pad_token_id,
+    max_length,
+):
+    """The original decoder: reruns the whole model on the prefix at every step.
+
+    (The model call is wrapped in a `tf.function`, only to make the test faster.)
+    """
+    spec = tf.TensorSpec([None, None], tf.int32)
+    call = _compiled_calls.setdefault(
+        id(seq2seq_lm),
+        tf.function(
+            lambda x: seq2seq_lm(x, training=False),
+            input_signature=[{key: spec for key in _INPUT_KEYS}],
+        ),
+    )
+    encoder_token_ids = tf.cast(encoder_token_ids, tf.int32)
+    encoder_padding_mask = tf.cast(encoder_padding_mask, tf.int32)
+    batch = tf.shape(encoder_token_ids)[0]
+    decoded = tf.tile(tf.constant([list(decoder_start_ids)], tf.int32), [batch, 1])
+    done = tf.zeros([batch], tf.bool)
+    for _ in range(max_length):
+        logits = call(
+            {
+                "encoder_token_ids": encoder_token_ids,
+                "encoder_padding_mask": encoder_padding_mask,
+                "decoder_token_ids": decoded,
+                "decoder_padding_mask": tf.ones_like(decoded),
+            }
+        )
+        next_ids = tf.argmax(logits[:, -1, :], axis=-1, output_type=tf.int32)
+        next_ids = tf.where(done, pad_token_id, next_ids)
+        decoded = tf.concat([decoded, next_ids[:, None]], axis=1)
+        done |= tf.equal(next_ids, end_token_id)
+        if bool(tf.reduce_all(done)):
+            break
+    generated = decoded[:, len(decoder_start_ids) :]
+    padding = max_length - tf.shape(generated)[1]
+    return tf.pad(generated, [[0, 0], [0, padding]], constant_values=pad_token_id)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return testing.tiny_seq2seq_lm(num_layers=2)
+
+
+@pytest.fixture(scope="module")
+def pre(lm):
+    return MultiTaskPreprocessor.from_seq2seq_lm(lm, max_label_length=12, max_rationale_length=40)
+
+
+@pytest.fixture(scope="module")
+def inputs(pre):
+    texts = [record.input for record in testing.toy_records(22, seed=3)] + ["", "ß 日本"]
+    return pre.encode_inputs(texts, "rationale")
+
+
+def settings(pre, max_length, **overrides):
+    values = {
+        "decoder_start_ids": pre.decoder_start_ids,
+        "end_token_id": pre.end_token_id,
+        "pad_token_id": pre.pad_token_id,
+        "max_length": max_length,
+    }
+    values.update(overrides)
+    return values
+
+
+def decode_both(lm, inputs, **kwargs):
+    args = (inputs["encoder_token_ids"], inputs["encoder_padding_mask"])
+    expected = reference_greedy_decode(lm, *args, **kwargs).numpy()
+    return decoding.greedy_decode(lm, *args, **kwargs).numpy(), expected
+
+
+def test_t5_gets_the_cached_decoder(lm):
+    assert isinstance(decoding.decoder_for(lm), decoding.T5Decoder)
+    assert decoding.decoder_for(lm) is decoding.decoder_for(lm)
+
+
+def test_same_tokens_as_the_full_recompute_oracle(lm, pre, inputs):
+    # 40 steps reach the relative-position buckets past the exact ones (16).
+    actual, expected = decode_both(lm, inputs, **settings(pre, 40))
+    np.testing.assert_array_equal(actual, expected)
+    assert len({tuple(row) for row in actual}) > 10, "random weights gave one answer"
+    ended = (actual == pre.end_token_id).any(axis=1)
+    assert ended.any() and not ended.all()
+
+
+def test_several_start_ids_fill_the_cache_first(lm, pre, inputs):
+    actual, expected = decode_both(lm, inputs, **settings(pre, 10, decoder_start_ids=[0, 7, 9]))
+    np.testing.assert_array_equal(actual, expected)
+
+
+def test_return_contract(lm, pre, inputs):
+    ids, _ = decode_both(lm, inputs, **settings(pre, 12))
+    assert ids.dtype == np.int32 and ids.shape == (inputs["encoder_token_ids"].shape[0], 12)
+    for row in ids:
+        ends = np.flatnonzero(row == pre.end_token_id)
+        if len(ends):
+            assert (row[ends[0] + 1 :] == pre.pad_token_id).all()
+
+
+def test_traceable_with_unknown_batch_without_retracing(lm, pre, inputs):
+    spec = tf.TensorSpec([None, None], tf.int32)
+
+    @tf.function(input_signature=[spec, spec])
+    def generate(token_ids, padding_mask):
+        return decoding.greedy_decode(lm, token_ids, padding_mask, **settings(pre, 12))
+
+    eager = decoding.greedy_decode(
+        lm, inputs["encoder_token_ids"], inputs["encoder_padding_mask"], **settings(pre, 12)
+    ).numpy()
+    for rows in (slice(0, 1), slice(0, 7), slice(None)):
+        token_ids = inputs["encoder_token_ids"][rows]
+        mask = inputs["encoder_padding_mask"][rows]
+        # Trim the padding shared by these rows: a different input length.
+        length = int(tf.reduce_max(tf.reduce_sum(mask, axis=1)))
+        traced = generate(token_ids[:, :length], mask[:, :length]).numpy()
+        np.testing.assert_array_equal(traced, eager[rows])
+    assert generate.experimental_get_tracing_count() == 1
+
+
+def test_stopping_early_or_not_gives_the_same_tokens(lm, pre, inputs):
+    decoder = decoding.decoder_for(lm)
+    args = (inputs["encoder_token_ids"], inputs["encoder_padding_mask"])
+    early = decoder.greedy(*args, **settings(pre, 20))
+    full = decoder.greedy(*args, **settings(pre, 20), stop_at_end=False)
+    np.testing.assert_array_equal(early.numpy(), full.numpy())
+
+
+def test_recomputing_fallback_matches_the_oracle(lm, pre, inputs):
+    decoder = decoding.RecomputingDecoder(lm)
+    args = (inputs["encoder_token_ids"][:8], inputs["encoder_padding_mask"][:8])
+    actual = tf.function(lambda a, b: decoder.greedy(a, b, **settings(pre, 6)))(*args)
+    expected = reference_greedy_decode(lm, *args, **settings(pre, 6))
+    np.testing.assert_array_equal(actual.numpy(), expected.numpy())
+
+
+def test_empty_batch(lm, pre):
+    ids = decoding.greedy_decode(
+        lm, tf.zeros([0, 3], tf.int32), tf.zeros([0, 3], tf.int32), **settings(pre, 5)
+    )
+    assert ids.shape == (0, 5)
+
+
+def test_graph_has_no_xla_op(lm, pre):
+    spec = tf.TensorSpec([None, None], tf.int32)
+    function = tf.function(
+        lambda a, b: decoding.greedy_decode(lm, a, b, **settings(pre, 4)),
+        input_signature=[spec, spec],
+    )
+    graph = function.get_concrete_function().graph.as_graph_def()
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    ops = {node.op for node in nodes}
+    assert "While" in ops or "StatelessWhile" in ops
+    assert not [op for op in ops if "xla" in op.lower()]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [({"decoder_start_ids": []}, "decoder_start_ids"), ({"max_length": 0}, "max_length")],
+)
+def test_rejects_bad_settings(lm, pre, inputs, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        decoding.greedy_decode(
+            lm,
+            inputs["encoder_token_ids"],
+            inputs["encoder_padding_mask"],
+            **{**settings(pre, 4), **overrides},
+        )
