@@ -44,7 +44,7 @@ class MultiTaskPreprocessor:
     >>> example = pre.pack_example({"input": "Dee has 3 rocks.", "label": "3",
     ...                             "rationale": "Dee has 3."})
     >>> sorted(example["label"])
-    ['decoder_padding_mask', 'decoder_token_ids', 'encoder_padding_mask', 'encoder_token_ids', 'target_ids']
+    ['decoder_padding_mask', 'decoder_token_ids', 'encoder_padding_mask', 'encoder_token_ids', 'target_ids', 'target_weights']
     >>> int(example["label"]["decoder_token_ids"][0])  # T5 starts from pad
     0
     """

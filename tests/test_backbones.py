@@ -76,6 +76,7 @@ def _tiny_bart():
     return keras_hub.models.BartSeq2SeqLM(backbone=backbone, preprocessor=preprocessor)
 
 
+@pytest.mark.slow
 def test_bart_backbone_trains_and_generates():
     model = DistillStepByStep(_tiny_bart(), max_input_length=48, max_label_length=4,
                               max_rationale_length=16)

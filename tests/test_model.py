@@ -128,6 +128,7 @@ def test_fit_memorises_a_toy_set():
     assert accuracy >= 0.9, list(zip(predictions, [r.label for r in records]))
 
 
+@pytest.mark.slow
 def test_save_and_load_round_trip(tmp_path, tiny_model):
     model = tiny_model
     model.compile(optimizer=keras.optimizers.AdamW(1e-3))
@@ -175,6 +176,7 @@ def test_invalid_arguments(tiny_model):
         DistillStepByStep(tiny_model.seq2seq_lm, mode="explain_only")
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_applies_every_n_steps(tiny_model):
     model = tiny_model
     model.compile(optimizer=keras.optimizers.AdamW(1e-3, gradient_accumulation_steps=2))
@@ -188,6 +190,7 @@ def test_gradient_accumulation_applies_every_n_steps(tiny_model):
     assert not all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
 
 
+@pytest.mark.slow
 def test_mixed_precision_and_jit_compile_train(tmp_path):
     from dss_keras import backbones
 
@@ -202,6 +205,7 @@ def test_mixed_precision_and_jit_compile_train(tmp_path):
     assert history.history["loss"][1] < history.history["loss"][0]
 
 
+@pytest.mark.slow
 def test_distributed_loss_equals_single_device_loss(tmp_path):
     """Two replicas of a MirroredStrategy give the global per-token mean."""
     script = textwrap.dedent(

@@ -34,6 +34,7 @@ def test_config_json_round_trip(tmp_path):
     assert config.jit_compile_value is False
 
 
+@pytest.mark.slow
 def test_train_writes_the_run_directory_and_resumes(tmp_path):
     config = TrainConfig(run_dir=str(tmp_path / "run"), **TINY)
     records = testing.toy_records(24)
@@ -56,6 +57,7 @@ def test_train_writes_the_run_directory_and_resumes(tmp_path):
         train(config.replace(alpha=0.1), records[:16], verbose=0)
 
 
+@pytest.mark.slow
 def test_train_resumes_after_a_crash(tmp_path):
     config = TrainConfig(run_dir=str(tmp_path / "run"), **{**TINY, "steps": 6})
     records = testing.toy_records(16)
@@ -82,6 +84,7 @@ def test_train_resumes_after_a_crash(tmp_path):
     assert int(result.model.optimizer.iterations) == 6
 
 
+@pytest.mark.slow
 def test_cli_train_evaluate_predict(tmp_path, capsys):
     records = testing.toy_records(20)
     write_jsonl(records[:16], tmp_path / "train.jsonl")
