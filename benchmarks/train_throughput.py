@@ -50,6 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--num-records", type=int, default=2000)
     p.add_argument("--variants", default="default,xla,no-bucketing",
                    help=f"comma-separated dss-keras variants of {sorted(VARIANTS)}")
+    p.add_argument("--threads", type=int, default=os.cpu_count(),
+                   help="intra-op threads of each side (TF and torch)")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--json-out")
     # Internal: run one dss-keras variant in this process.
@@ -91,6 +93,8 @@ def run_keras(args) -> dict:
     from dss_keras.model import DistillStepByStep
 
     jit_compile, bucketing = VARIANTS[args.variant]
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     keras.utils.set_random_seed(0)
     tokenizer = keras_hub.models.T5Tokenizer(proto=Path(args.spm).read_bytes())
     backbone = keras_hub.models.T5Backbone(
@@ -111,15 +115,17 @@ def run_keras(args) -> dict:
     )
 
     class Timer(keras.callbacks.Callback):
-        times = []
+        times, cpu_times = [], []
 
         def on_train_batch_end(self, batch, logs=None):
             self.times.append(time.perf_counter())
+            self.cpu_times.append(time.process_time())
 
     timer = Timer()
     total = args.warmup_steps + args.steps
     model.fit(dataset, steps_per_epoch=total, epochs=1, callbacks=[timer], verbose=0)
     seconds = timer.times[-1] - timer.times[args.warmup_steps - 1]
+    cpu_seconds = timer.cpu_times[-1] - timer.cpu_times[args.warmup_steps - 1]
     tokens = {"input_tokens": 0, "label_tokens": 0, "rationale_tokens": 0}
     for x, _, w in dataset.take(args.steps):
         tokens["input_tokens"] += int(tf.reduce_sum(x["label"]["encoder_padding_mask"]))
@@ -129,6 +135,8 @@ def run_keras(args) -> dict:
         "side": f"dss-keras ({args.variant})",
         "examples_per_second": args.batch_size * args.steps / seconds,
         "seconds_per_step": seconds / args.steps,
+        "cpu_seconds_per_step": cpu_seconds / args.steps,
+        "threads": args.threads,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "steps": args.steps,
         "batch_size": args.batch_size,
@@ -163,13 +171,13 @@ def main(argv=None) -> int:
         records, spm = prepare_inputs(args, workdir)
         common = ["--records", str(records), "--spm", str(spm),
                   "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-                  "--warmup-steps", str(args.warmup_steps)]
+                  "--warmup-steps", str(args.warmup_steps), "--threads", str(args.threads)]
         results = []
         if not args.skip_reference:
             out = workdir / "torch.json"
             reference = _run_json(
                 [sys.executable, str(HERE / "torch_reference_train.py"), *common,
-                 "--threads", str(os.cpu_count()), "--json-out", str(out)], out)
+                 "--json-out", str(out)], out)
             reference["side"] = "PyTorch reference"
             results.append(reference)
         for variant in variants:
@@ -181,12 +189,16 @@ def main(argv=None) -> int:
     base = results[0]["examples_per_second"] if not args.skip_reference else None
     print(f"\nbatch {args.batch_size}, {args.steps} timed steps after {args.warmup_steps} "
           f"warm-up steps, {os.cpu_count()} CPU cores\n")
-    print(f"{'side':32s}{'examples/s':>12s}{'s/step':>9s}{'peak RSS MB':>13s}"
-          f"{'vs reference':>14s}")
+    print(f"{'side':32s}{'examples/s':>12s}{'s/step':>9s}{'CPU s/step':>12s}"
+          f"{'peak RSS MB':>13s}{'vs reference':>14s}")
     for r in results:
         ratio = f"{r['examples_per_second'] / base:13.2f}x" if base else ""
+        cpu = r.get("cpu_seconds_per_step")
+        if cpu is None and "phase_cpu_seconds_per_step" in r:
+            cpu = sum(r["phase_cpu_seconds_per_step"].values())
+        cpu = f"{cpu:12.2f}" if cpu is not None else f"{'':12s}"
         print(f"{r['side']:32s}{r['examples_per_second']:12.2f}{r['seconds_per_step']:9.3f}"
-              f"{r['peak_rss_mb']:13.0f}{ratio}")
+              f"{cpu}{r['peak_rss_mb']:13.0f}{ratio}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))
     return 0

@@ -96,6 +96,12 @@ def _export(args) -> int:
     return 0
 
 
+def _tune(args) -> int:
+    from dss_keras import tuning
+
+    return tuning.main(args.tune_args)
+
+
 def _demo(args) -> int:
     from dss_keras import demo
 
@@ -133,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--export-dir", help="the model's base directory (instead of --name)")
     export.add_argument("--version", type=int, help="version number (default: the next one)")
     export.set_defaults(run=_export)
+
+    tune = commands.add_parser(
+        "tune", add_help=False,
+        help="KerasTuner search over alpha and data fraction (see `dss-keras tune --help`)")
+    tune.add_argument("tune_args", nargs=argparse.REMAINDER)
+    tune.set_defaults(run=_tune)
 
     demo = commands.add_parser("demo", help="the quickstart comparison")
     demo.add_argument("--run-dir", default="runs/quickstart")
