@@ -96,12 +96,6 @@ def _export(args) -> int:
     return 0
 
 
-def _tune(args) -> int:
-    from dss_keras import tuning
-
-    return tuning.main(args.tune_args)
-
-
 def _demo(args) -> int:
     from dss_keras import demo
 
@@ -144,7 +138,6 @@ def build_parser() -> argparse.ArgumentParser:
         "tune", add_help=False,
         help="KerasTuner search over alpha and data fraction (see `dss-keras tune --help`)")
     tune.add_argument("tune_args", nargs=argparse.REMAINDER)
-    tune.set_defaults(run=_tune)
 
     demo = commands.add_parser("demo", help="the quickstart comparison")
     demo.add_argument("--run-dir", default="runs/quickstart")
@@ -154,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["tune"]:
+        # `tune` owns its flags (it has many); hand them over untouched.
+        from dss_keras import tuning
+
+        return tuning.main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     if args.command == "predict":

@@ -90,8 +90,8 @@ def vocabulary_texts(records: Sequence[Record], config: TrainConfig) -> list[str
 
 def build_seq2seq_lm(config: TrainConfig, records: Sequence[Record], run_dir: str):
     """A tiny T5 with a vocabulary trained on `records`, or a KerasHub preset."""
+    dtype = None if config.dtype_policy == "float32" else config.dtype_policy
     if config.preset != "tiny":
-        dtype = None if config.dtype_policy == "float32" else config.dtype_policy
         return backbones.from_preset(config.preset, dtype=dtype)
     vocabulary_path = os.path.join(run_dir, "vocabulary.spm")
     if os.path.exists(vocabulary_path):
@@ -112,7 +112,7 @@ def build_seq2seq_lm(config: TrainConfig, records: Sequence[Record], run_dir: st
         intermediate_dim=config.intermediate_dim,
         dropout=config.dropout,
         seed=config.seed,
-        dtype=None if config.dtype_policy == "float32" else config.dtype_policy,
+        dtype=dtype,
     )
 
 

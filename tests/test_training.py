@@ -116,3 +116,10 @@ def test_cli_rejects_a_bad_flag(capsys):
 def test_cli_predict_without_a_model(tmp_path):
     with pytest.raises(SystemExit, match="No trained model"):
         cli.main(["predict", str(tmp_path), "text"])
+
+
+def test_cli_hands_tune_flags_to_the_tuner(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["tune", "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: dss-keras tune" in capsys.readouterr().out
