@@ -47,7 +47,7 @@ from typing import Callable, Mapping, Sequence
 
 from dss_keras import metrics
 from dss_keras.data import splits
-from dss_keras.data.records import Record, RecordError
+from dss_keras.data.records import Record, RecordError, iter_json_lines
 from dss_keras.data.teacher_outputs import (
     NLI_LABELS,
     get_answer_format,
@@ -144,30 +144,23 @@ def _read_examples(benchmark: OfficialBenchmark, data_dir: str, split: str, sepa
     if not os.path.isfile(path):
         raise _missing(path, f"file of the {benchmark.name} {split} split")
     examples, seen = [], {}
-    with open(path, encoding="utf-8") as f:
-        for line, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise RecordError(path, line, None, f"invalid JSON: {e.msg}") from None
-            if not isinstance(row, dict):
-                raise RecordError(path, line, None, "expected a JSON object")
-            index = len(examples)
-            id_field = next((k for k in ("id", "uid") if k in row), None)
-            if id_field is None:
-                id_ = f"{benchmark.name}-{split}-{index}"
-            elif isinstance(row[id_field], int) and not isinstance(row[id_field], bool):
-                id_ = str(row[id_field])
-            else:
-                id_ = _string(row, id_field, path, line)
-            if id_ in seen:
-                raise RecordError(
-                    path, line, id_field, f"duplicate id {id_!r} (first on line {seen[id_]})"
-                )
-            seen[id_] = line
-            examples.append((id_, *benchmark.example(row, path, line, separator)))
+    for line, row in iter_json_lines(path):
+        if not isinstance(row, dict):
+            raise RecordError(path, line, None, "expected a JSON object")
+        index = len(examples)
+        id_field = next((k for k in ("id", "uid") if k in row), None)
+        if id_field is None:
+            id_ = f"{benchmark.name}-{split}-{index}"
+        elif isinstance(row[id_field], int) and not isinstance(row[id_field], bool):
+            id_ = str(row[id_field])
+        else:
+            id_ = _string(row, id_field, path, line)
+        if id_ in seen:
+            raise RecordError(
+                path, line, id_field, f"duplicate id {id_!r} (first on line {seen[id_]})"
+            )
+        seen[id_] = line
+        examples.append((id_, *benchmark.example(row, path, line, separator)))
     return examples
 
 

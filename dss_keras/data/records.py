@@ -20,7 +20,7 @@ import dataclasses
 import io
 import json
 import os
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 LABEL_SOURCES = ("gt", "llm")
 
@@ -152,6 +152,22 @@ def _check_unique_ids(records: Sequence[Record], lines: Sequence[int], path: str
         seen[record.id] = line
 
 
+def iter_json_lines(path: str) -> Iterator[tuple[int, object]]:
+    """Yields `(line number, parsed value)` of a JSON Lines file, skipping blank lines.
+
+    Raises:
+        RecordError: naming the file and line of invalid JSON.
+    """
+    with open(path, encoding="utf-8") as f:
+        for number, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                yield number, json.loads(text)
+            except json.JSONDecodeError as e:
+                raise RecordError(path, number, None, f"invalid JSON: {e.msg}") from None
+
+
 def read_jsonl(path: str | os.PathLike) -> list[Record]:
     """Reads records from a JSON Lines file (one object per line).
 
@@ -167,16 +183,9 @@ def read_jsonl(path: str | os.PathLike) -> list[Record]:
     """
     path = os.fspath(path)
     records, lines = [], []
-    with open(path, encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise RecordError(path, number, None, f"invalid JSON: {e.msg}") from None
-            records.append(record_from_dict(data, path, number))
-            lines.append(number)
+    for number, data in iter_json_lines(path):
+        records.append(record_from_dict(data, path, number))
+        lines.append(number)
     _check_unique_ids(records, lines, path)
     return records
 
