@@ -141,30 +141,21 @@ def make_texts(count: int) -> list[str]:
 
 
 def build_keras_model(args):
-    import keras
-    import keras_hub
-
     from dss_keras import backbones, testing
     from dss_keras.preprocessor import MultiTaskPreprocessor
 
-    keras.utils.set_random_seed(args.seed)
     # The toy vocabulary is small; the model's output layer has the full
     # vocabulary size, and ids the tokenizer lacks are dropped when detokenizing.
-    tokenizer = keras_hub.models.T5Tokenizer(proto=testing.toy_vocabulary(1000))
-    backbone = keras_hub.models.T5Backbone(
-        vocabulary_size=args.vocabulary_size,
+    lm = backbones.tiny_t5(
+        proto=testing.toy_vocabulary(1000),
+        embedding_size=args.vocabulary_size,
         num_layers=args.num_layers,
         num_heads=args.num_heads,
         hidden_dim=args.hidden_dim,
         intermediate_dim=args.intermediate_dim,
         key_value_dim=args.key_value_dim,
         dropout=0.0,
-        activation=backbones.gelu_tanh,
-        use_gated_activation=True,
-        tie_embedding_weights=False,
-    )
-    lm = keras_hub.models.T5Seq2SeqLM(
-        backbone=backbone, preprocessor=keras_hub.models.T5Seq2SeqLMPreprocessor(tokenizer)
+        seed=args.seed,
     )
     preprocessor = MultiTaskPreprocessor.from_seq2seq_lm(
         lm,

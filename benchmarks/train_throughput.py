@@ -84,10 +84,9 @@ def prepare_inputs(args, workdir: Path) -> tuple[Path, Path]:
 def run_keras(args) -> dict:
     """One dss-keras variant: fit for warmup + timed steps, timing each batch."""
     import keras
-    import keras_hub
     import tensorflow as tf
 
-    from dss_keras.backbones import gelu_tanh, reinitialize_token_embeddings
+    from dss_keras.backbones import tiny_t5
     from dss_keras.data import make_dataset
     from dss_keras.data.records import read_jsonl
     from dss_keras.model import DistillStepByStep
@@ -95,15 +94,8 @@ def run_keras(args) -> dict:
     jit_compile, bucketing = VARIANTS[args.variant]
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    keras.utils.set_random_seed(0)
-    tokenizer = keras_hub.models.T5Tokenizer(proto=Path(args.spm).read_bytes())
-    backbone = keras_hub.models.T5Backbone(
-        **SHAPE, activation=gelu_tanh, use_gated_activation=True, tie_embedding_weights=False
-    )
-    reinitialize_token_embeddings(backbone)
-    lm = keras_hub.models.T5Seq2SeqLM(
-        backbone, keras_hub.models.T5Seq2SeqLMPreprocessor(tokenizer=tokenizer)
-    )
+    lm = tiny_t5(proto=Path(args.spm).read_bytes(), embedding_size=SHAPE["vocabulary_size"],
+                 **{k: v for k, v in SHAPE.items() if k != "vocabulary_size"})
     model = DistillStepByStep(lm, alpha=0.5, max_input_length=256, max_label_length=16,
                               max_rationale_length=128)
     model.compile(optimizer=keras.optimizers.AdamW(5e-5, weight_decay=0.0),

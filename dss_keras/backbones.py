@@ -101,6 +101,7 @@ def tiny_t5(
     dropout: float = 0.0,
     seed: int = 0,
     dtype=None,
+    embedding_size: int | None = None,
 ) -> keras_hub.models.T5Seq2SeqLM:
     """A small, randomly initialised T5 v1.1 with its own vocabulary.
 
@@ -119,6 +120,8 @@ def tiny_t5(
             dropout: The backbone's shape.
         seed: Seeds the weights.
         dtype: A dtype or `keras.DTypePolicy` name (e.g. `"mixed_bfloat16"`).
+        embedding_size: Rows of the embedding table and the output layer;
+            defaults to the vocabulary's size (benchmarks set T5's 32128).
 
     Returns:
         A `keras_hub.models.T5Seq2SeqLM` with a `T5Seq2SeqLMPreprocessor`.
@@ -140,7 +143,7 @@ def tiny_t5(
         proto = train_sentencepiece(texts, vocabulary_size=vocabulary_size)
     tokenizer = keras_hub.models.T5Tokenizer(proto=proto)
     backbone = keras_hub.models.T5Backbone(
-        vocabulary_size=tokenizer.vocabulary_size(),
+        vocabulary_size=embedding_size or tokenizer.vocabulary_size(),
         num_layers=num_layers,
         num_heads=num_heads,
         hidden_dim=hidden_dim,
