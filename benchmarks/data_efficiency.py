@@ -62,56 +62,49 @@ BUDGETS = ("equal steps", "equal compute")
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-    """A dataset of the benchmark: how to load it and the model trained on it."""
+    """A dataset of the benchmark: the grid over it and the model trained on it."""
 
     name: str
-    metric: str
     fractions: tuple[float, ...]
     seeds: tuple[int, ...]
     steps: int
-    overrides: dict  # TrainConfig fields
+    overrides: dict  # TrainConfig fields on top of the quickstart's settings
 
 
-# The quickstart's model (~0.3M parameters: 2+2 layers, width 64) on its task,
-# and the same shape with longer budgets for SVAMP and CQA.
-_WORD_PROBLEMS_MODEL = dict(
-    vocabulary_size=400, hidden_dim=64, num_layers=2, num_heads=4, intermediate_dim=128,
-    max_input_length=64, max_label_length=8, max_rationale_length=32,
-    batch_size=32, learning_rate=3e-3,
-)
+# The quickstart's settings (`dss_keras.quickstart.quickstart_config`: the
+# ~0.3M-parameter T5, 2+2 layers, width 64) on its task, and the same shape
+# with longer budgets and a larger vocabulary for SVAMP and CQA.
 _RELEASE_MODEL = dict(
-    vocabulary_size=800, hidden_dim=64, num_layers=2, num_heads=4, intermediate_dim=128,
-    max_input_length=128, max_label_length=32, max_rationale_length=96,
-    batch_size=32, learning_rate=3e-3,
+    vocabulary_size=800, max_input_length=128, max_label_length=32, max_rationale_length=96,
 )
 GRIDS = {
     "reduced": {
-        "word_problems": DatasetSpec("word_problems", "exact_match", (0.125, 0.5, 1.0),
-                                     (0, 1, 2), 600, _WORD_PROBLEMS_MODEL),
-        "svamp": DatasetSpec("svamp", "svamp", (0.25, 1.0), (0, 1, 2), 600, _RELEASE_MODEL),
-        "cqa": DatasetSpec("cqa", "cqa", (0.25, 1.0), (0, 1, 2), 600, _RELEASE_MODEL),
+        "word_problems": DatasetSpec("word_problems", (0.125, 0.5, 1.0), (0, 1, 2), 600, {}),
+        "svamp": DatasetSpec("svamp", (0.25, 1.0), (0, 1, 2), 600, _RELEASE_MODEL),
+        "cqa": DatasetSpec("cqa", (0.25, 1.0), (0, 1, 2), 600, _RELEASE_MODEL),
     },
     "full": {
-        "word_problems": DatasetSpec("word_problems", "exact_match", (0.125, 0.25, 0.5, 1.0),
-                                     (0, 1, 2, 3, 4), 1200, _WORD_PROBLEMS_MODEL),
-        "svamp": DatasetSpec("svamp", "svamp", (0.125, 0.25, 0.5, 1.0), (0, 1, 2, 3, 4),
+        "word_problems": DatasetSpec("word_problems", (0.125, 0.25, 0.5, 1.0),
+                                     (0, 1, 2, 3, 4), 1200, {}),
+        "svamp": DatasetSpec("svamp", (0.125, 0.25, 0.5, 1.0), (0, 1, 2, 3, 4),
                              1200, _RELEASE_MODEL),
-        "cqa": DatasetSpec("cqa", "cqa", (0.125, 0.25, 0.5, 1.0), (0, 1, 2, 3, 4),
+        "cqa": DatasetSpec("cqa", (0.125, 0.25, 0.5, 1.0), (0, 1, 2, 3, 4),
                            2000, _RELEASE_MODEL),
     },
 }
 
 
-def load_dataset(name: str, data_dir: str, num_train: int = 2000, num_test: int = 500):
-    """`(train, test)` records of a dataset of the benchmark."""
-    if name == "word_problems":
-        from dss_keras.data.word_problems import word_problems
+def run_config(spec: DatasetSpec, method: str, fraction: float, seed: int, steps: int,
+               eval_every: int, run_dir: str, data_dir: str | None = None):
+    """The `TrainConfig` of one run: the quickstart's settings, the spec's, the run's."""
+    from dss_keras.quickstart import quickstart_config
 
-        # The quickstart's data: 2,000 training problems, 500 held out (another seed).
-        return word_problems(num_train, seed=0), word_problems(num_test, seed=10_000)
-    from dss_keras.data.official import load_benchmark
-
-    return (load_benchmark(name, data_dir, "train"), load_benchmark(name, data_dir, "test"))
+    data = {"data": spec.name}
+    if spec.name != "word_problems":
+        data.update(data_dir=data_dir, validation_fraction=0.1)
+    return quickstart_config(
+        run_dir, **data, **spec.overrides, mode=method, train_fraction=fraction, seed=seed,
+        steps=steps, eval_every=eval_every)
 
 
 # --- one run -------------------------------------------------------------------
@@ -153,53 +146,32 @@ def _callbacks(run_dir: str, test_records, metric: str):
     return [StepTimer(), evaluation]
 
 
-def run_one(spec: DatasetSpec, method: str, fraction: float, seed: int, steps: int,
-            eval_every: int, train_records, test_records, vocabulary: bytes,
-            run_dir: str) -> dict:
-    """Trains one run (resuming it if it was interrupted) and returns its result."""
-    from dss_keras.config import TrainConfig
+def run_one(config, splits, metric: str) -> dict:
+    """Trains one run (resuming it if it was interrupted) and returns its result.
+
+    The run trains on `splits.train` and is scored on `splits.test` after
+    every `eval_every` steps; it has no validation split (no checkpoint
+    selection).
+    """
+    from dss_keras.data import Splits
     from dss_keras.training import train
 
-    config = TrainConfig(
-        mode=method, alpha=0.5, label_source="gt", train_fraction=fraction, seed=seed,
-        steps=steps, eval_every=eval_every, validation_fraction=0.0, metric=spec.metric,
-        run_dir=run_dir, **spec.overrides,
-    )
+    run_dir = config.run_dir
     os.makedirs(run_dir, exist_ok=True)
-    vocabulary_path = os.path.join(run_dir, "vocabulary.spm")
-    if not os.path.exists(vocabulary_path):
-        with open(vocabulary_path, "wb") as f:
-            f.write(vocabulary)
-    result = train(config, train_records, verbose=0,
-                   callbacks=_callbacks(run_dir, test_records, spec.metric))
+    result = train(config, Splits(splits.train, [], splits.test), verbose=0,
+                   callbacks=_callbacks(run_dir, splits.test, metric))
     with open(os.path.join(run_dir, "evals.jsonl"), encoding="utf-8") as f:
         evals = {row["step"]: row for row in map(json.loads, f)}
     with open(os.path.join(run_dir, "timing.json"), encoding="utf-8") as f:
         timing = json.load(f)
     return {
-        "dataset": spec.name, "method": method, "fraction": fraction, "seed": seed,
-        "steps": steps, "num_train_examples": result.metrics["data"]["num_examples"],
+        "dataset": config.data, "method": config.mode, "fraction": config.train_fraction,
+        "seed": config.seed, "steps": config.steps,
+        "num_train_examples": result.metrics["data"]["num_examples"],
         "train_seconds": result.metrics["train_seconds"],
         "evals": [evals[s] for s in sorted(evals)], **timing,
         "config": config.to_dict(),
     }
-
-
-def _vocabulary(spec: DatasetSpec, train_records, out: str) -> bytes:
-    from dss_keras import backbones
-    from dss_keras.config import TrainConfig
-    from dss_keras.training import vocabulary_texts
-
-    path = os.path.join(out, f"{spec.name}.spm")
-    if not os.path.exists(path):
-        config = TrainConfig(**spec.overrides)
-        proto = backbones.train_sentencepiece(
-            vocabulary_texts(train_records, config), vocabulary_size=config.vocabulary_size)
-        with open(path + ".tmp", "wb") as f:
-            f.write(proto)
-        os.replace(path + ".tmp", path)
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def _run_name(dataset: str, method: str, fraction: float, seed: int, steps: int) -> str:
@@ -224,10 +196,11 @@ def save_results(results: dict, out: str) -> None:
 def run_grid(specs: list[DatasetSpec], out: str, data_dir: str, multiplier: int,
              keep_run_dirs: bool) -> dict:
     """Runs every missing run of the grid, saving the results after each one."""
+    from dss_keras.training import load_splits
+
     results = load_results(out)
     for spec in specs:
-        train_records, test_records = load_dataset(spec.name, data_dir)
-        vocabulary = _vocabulary(spec, train_records, out)
+        splits = None
         for seed in spec.seeds:
             for fraction in spec.fractions:
                 for method in reversed(METHODS):  # distilling step-by-step first
@@ -236,9 +209,11 @@ def run_grid(specs: list[DatasetSpec], out: str, data_dir: str, multiplier: int,
                     if name in results["runs"]:
                         continue
                     print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
-                    run_dir = os.path.join(out, "runs", name)
-                    result = run_one(spec, method, fraction, seed, steps, spec.steps,
-                                     train_records, test_records, vocabulary, run_dir)
+                    config = run_config(spec, method, fraction, seed, steps, spec.steps,
+                                        os.path.join(out, "runs", name), data_dir)
+                    splits = splits or load_splits(config)
+                    result = run_one(config, splits, config.metric)
+                    run_dir = config.run_dir
                     results["runs"][name] = result
                     save_results(results, out)
                     accuracies = ", ".join(

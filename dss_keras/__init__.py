@@ -5,19 +5,41 @@ Train a small seq2seq model on an LLM's labels and rationales:
 ```python
 import dss_keras
 
-records = dss_keras.data.word_problems(2000)
+splits = dss_keras.data.load("word_problems")
 model = dss_keras.DistillStepByStep(dss_keras.backbones.tiny_t5(
-    [r.input for r in records] + [r.rationale for r in records]))
+    [r.input for r in splits.train] + [r.rationale for r in splits.train]))
 model.compile(optimizer="adamw")
-dataset, report = dss_keras.data.make_dataset(records, model.preprocessor)
+dataset, report = dss_keras.data.make_dataset(splits.train, model.preprocessor)
 model.fit(dataset, epochs=1)
 model.predict_labels(["Dee has 10 rocks. Then Dee lends 5 to Gus. "
                       "Gus has 8 rocks. How many rocks does Dee have now?"])
 ```
+
+Importing the package is light: TensorFlow, Keras and KerasHub load with the
+first attribute that needs them, so the CLI can quiet them first.
 """
 
 __version__ = "0.1.0"
 
-from dss_keras import backbones, data
-from dss_keras.model import DistillStepByStep, TokenMean
-from dss_keras.preprocessor import MultiTaskPreprocessor
+import importlib
+
+_ATTRIBUTES = {
+    "DistillStepByStep": "dss_keras.model",
+    "TokenMean": "dss_keras.metrics",
+    "MultiTaskPreprocessor": "dss_keras.preprocessor",
+    "TrainConfig": "dss_keras.config",
+}
+_SUBMODULES = ("backbones", "data", "evaluation", "experiments", "export", "metrics",
+               "quickstart", "testing", "training", "tuning")
+
+
+def __getattr__(name):
+    if name in _ATTRIBUTES:
+        return getattr(importlib.import_module(_ATTRIBUTES[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"dss_keras.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_ATTRIBUTES, *_SUBMODULES])

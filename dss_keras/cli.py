@@ -1,48 +1,60 @@
-"""The `dss-keras` command. Each subcommand parses flags and calls one library function.
+"""The `dss-keras` command, and the command line of the recipes. All argument parsing lives here.
 
-    dss-keras demo
-    dss-keras train --train-file train.jsonl --run-dir runs/cqa --steps 2000
-    dss-keras evaluate runs/cqa --file test.jsonl
-    dss-keras predict runs/cqa "Dee has 10 rocks. ..."
-    dss-keras export runs/cqa --name cqa
-    dss-keras predict --saved-model saved_models/cqa "Dee has 10 rocks. ..."
+    dss-keras quickstart                                  (also: dss-keras demo)
+    dss-keras train --train-file train.jsonl --run-dir runs/mine --steps 2000
+    dss-keras train --data cqa --data-dir path/to/datasets --preset t5_1.1_base
+    dss-keras tune --data word_problems --modes distill_step_by_step,standard
+    dss-keras evaluate runs/mine --file test.jsonl
+    dss-keras predict runs/mine "Dee has 10 rocks. ..."
+    dss-keras export runs/mine --name mine
+    dss-keras predict --saved-model saved_models/mine "Dee has 10 rocks. ..."
+    python recipes/cqa.py --data-dir path/to/datasets     (see `run_recipe`)
+
+Each subcommand parses its flags and calls one library function. `train`,
+`tune` and the recipes take their run settings from `TrainConfig.add_flags`,
+so a flag means the same everywhere. TensorFlow's C++ logs are off unless
+`--verbose` is given.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
+import os
 import sys
-import typing
 from typing import Sequence
 
-from dss_keras.config import TrainConfig
+from dss_keras.config import (
+    DEFAULT_ALPHAS,
+    DEFAULT_TRAIN_FRACTIONS,
+    MODES,
+    SEARCHES,
+    TUNED_FIELDS,
+    TrainConfig,
+)
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per `TrainConfig` field, named like it (`--run-dir` for `run_dir`)."""
-    hints = typing.get_type_hints(TrainConfig)
-    for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        hint = hints[field.name]
-        if hint is bool:
-            kind = lambda s: s.lower() in ("1", "true", "yes")  # noqa: E731
-        elif hint in (int, float):
-            kind = hint
-        else:
-            kind = str
-        parser.add_argument(flag, type=kind, default=field.default, dest=field.name,
-                            help=f"(default: {field.default!r})")
+def _add_command(commands, name: str, **kwargs) -> argparse.ArgumentParser:
+    # No abbreviations: `--alpha` must not silently become `--alphas`.
+    return commands.add_parser(name, allow_abbrev=False, **kwargs)
+
+
+# --- train, evaluate, predict, export ------------------------------------------
+
+
+def _config(args) -> TrainConfig:
+    """The run config of `train` or `tune` flags; a bad value is a usage error (exit 2)."""
+    try:
+        return TrainConfig.from_args(args)
+    except ValueError as error:
+        args.parser.error(str(error))
 
 
 def _train(args) -> int:
     from dss_keras.training import train
 
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig.from_dict({k: v for k, v in vars(args).items() if k in names})
-    result = train(config)
+    result = train(_config(args))
     print(json.dumps({k: result.metrics[k] for k in ("validation", "test") if k in result.metrics},
                      indent=2))
     print(f"Run saved in {result.run_dir}")
@@ -50,11 +62,9 @@ def _train(args) -> int:
 
 
 def _load_model(run_dir: str):
-    import os
-
     import keras
 
-    import dss_keras  # noqa: F401  (registers the classes)
+    import dss_keras.model  # noqa: F401  (registers the classes)
 
     path = run_dir if run_dir.endswith(".keras") else os.path.join(run_dir, "model.keras")
     if not os.path.exists(path):
@@ -73,6 +83,11 @@ def _evaluate(args) -> int:
 
 
 def _predict(args) -> int:
+    if args.saved_model and args.run_dir is not None:
+        # With --saved-model there is no run directory: it was a text.
+        args.texts, args.run_dir = [args.run_dir, *args.texts], None
+    if not args.saved_model and not args.run_dir:
+        raise SystemExit("predict needs a run directory or --saved-model DIR")
     texts = list(args.texts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if args.saved_model:
         from dss_keras.export import load_and_predict
@@ -96,22 +111,8 @@ def _export(args) -> int:
     return 0
 
 
-def _demo(args) -> int:
-    from dss_keras import demo
-
-    return demo.main(["--run-dir", args.run_dir, "--steps", str(args.steps)])
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dss-keras", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    train = commands.add_parser("train", help="train a model (flags = TrainConfig fields)")
-    _add_config_flags(train)
-    train.set_defaults(run=_train)
-
-    evaluate = commands.add_parser("evaluate", help="label accuracy of a trained run")
+def _add_model_commands(commands) -> None:
+    evaluate = _add_command(commands, "evaluate", help="label accuracy of a trained run")
     evaluate.add_argument("run_dir", help="run directory (or a .keras file)")
     evaluate.add_argument("--file", required=True, help="records (.jsonl or .csv)")
     evaluate.add_argument("--metric", default="exact_match",
@@ -119,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.set_defaults(run=_evaluate)
 
-    predict = commands.add_parser("predict", help="generate labels (or rationales)")
+    predict = _add_command(commands, "predict", help="generate labels (or rationales)")
     predict.add_argument("run_dir", nargs="?", default=None,
                          help="run directory (or a .keras file)")
     predict.add_argument("texts", nargs="*", help="inputs; read from stdin when absent")
@@ -127,40 +128,229 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--explain", action="store_true", help="generate rationales")
     predict.set_defaults(run=_predict)
 
-    export = commands.add_parser("export", help="write a label-only SavedModel for TF Serving")
+    export = _add_command(commands, "export", help="write a label-only SavedModel for TF Serving")
     export.add_argument("run_dir", help="run directory (or a .keras file)")
     export.add_argument("--name", help="model name: exports go to saved_models/<name>/<version>")
     export.add_argument("--export-dir", help="the model's base directory (instead of --name)")
     export.add_argument("--version", type=int, help="version number (default: the next one)")
     export.set_defaults(run=_export)
 
-    tune = commands.add_parser(
-        "tune", add_help=False,
-        help="KerasTuner search over alpha and data fraction (see `dss-keras tune --help`)")
-    tune.add_argument("tune_args", nargs=argparse.REMAINDER)
 
-    demo = commands.add_parser("demo", help="the quickstart comparison")
-    demo.add_argument("--run-dir", default="runs/quickstart")
-    demo.add_argument("--steps", type=int, default=1200)
-    demo.set_defaults(run=_demo)
+# --- quickstart ----------------------------------------------------------------
+
+
+def _quickstart(args) -> int:
+    from dss_keras import quickstart
+
+    overrides = {"steps": args.steps, "eval_every": min(400, args.steps), "seed": args.seed}
+    if args.num_train is not None:
+        overrides["data"] = f"word_problems:{args.num_train}"
+    results = quickstart.run_quickstart(args.run_dir, **overrides)
+    print(f"\nHeld-out word problems, seed {args.seed} (exact match of the generated answer):\n")
+    print(quickstart.format_table(results))
+    print(f"\nModels saved under {args.run_dir}/<mode>/model.keras")
+    if args.export_dir:
+        quickstart.serve_example(results["distilling step-by-step"].model, args.export_dir)
+    return 0
+
+
+def _add_quickstart_command(commands) -> None:
+    quick = _add_command(commands, 
+        "quickstart", aliases=["demo"],
+        help="distilling step-by-step vs. standard finetuning on generated word problems")
+    quick.add_argument("--run-dir", default="runs/quickstart")
+    quick.add_argument("--steps", type=int, default=1200, help="steps of each run")
+    quick.add_argument("--seed", type=int, default=0, help="seeds the weights and the data order")
+    quick.add_argument("--num-train", type=int,
+                       help="generated training problems (default: 2000, 500 held out)")
+    quick.add_argument("--export-dir", default="saved_models/quickstart",
+                       help="where the label-only SavedModel goes ('' to skip the export)")
+    quick.set_defaults(run=_quickstart)
+
+
+# --- tune ----------------------------------------------------------------------
+
+
+def _numbers(kind):
+    def parse(text: str) -> list:
+        try:
+            return [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers: {text!r}")
+    return parse
+
+
+def _modes(text: str) -> list[str]:
+    modes = [m for m in text.split(",") if m]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown mode {unknown[0]!r}; choose from {MODES}")
+    return modes
+
+
+def _tune(args) -> int:
+    from dss_keras import tuning
+    from dss_keras.training import load_splits
+
+    if args.report_only:
+        report = tuning.write_reports(args.project_dir, target_accuracy=args.target_accuracy,
+                                      plots=not args.no_plots)
+        print(tuning.format_report(report, args.target_accuracy))
+        return 0
+    config = _config(args)
+    try:
+        hypermodel = tuning.DSSHyperModel(
+            config, load_splits(config), alphas=args.alphas,
+            train_fractions=args.train_fractions, modes=args.modes,
+            learning_rates=args.learning_rates, seeds=args.seeds,
+            verbose="auto" if args.verbose else 0,
+        )
+    except ValueError as error:  # choices or data that cannot make a search
+        args.parser.error(str(error))
+    report = tuning.tune(hypermodel, args.project_dir, search=args.search,
+                         max_trials=args.max_trials, oracle_seed=args.oracle_seed,
+                         target_accuracy=args.target_accuracy, plots=not args.no_plots,
+                         verbose=1)
+    if report is not None:
+        print(tuning.format_report(report, args.target_accuracy))
+    return 0
+
+
+def _add_tune_command(commands, common) -> None:
+    tune = _add_command(commands, 
+        "tune", parents=[common],
+        help="KerasTuner search over alpha and the data fraction",
+        description="KerasTuner search over alpha and the training-data fraction. A trial is "
+        "the run `dss-keras train` makes with the base flags and the trial's values.")
+    search = tune.add_argument_group("search")
+    search.add_argument("--project-dir", default="runs/tune",
+                        help="project directory; an existing one is resumed")
+    search.add_argument("--search", choices=SEARCHES, default="random")
+    search.add_argument("--max-trials", type=int, help="trials in all (default: the whole grid)")
+    search.add_argument("--alphas", type=_numbers(float), default=list(DEFAULT_ALPHAS))
+    search.add_argument("--train-fractions", type=_numbers(float),
+                        default=list(DEFAULT_TRAIN_FRACTIONS))
+    search.add_argument("--modes", type=_modes, default=["distill_step_by_step"],
+                        help="distill_step_by_step and/or standard, comma-separated")
+    search.add_argument("--learning-rates", type=_numbers(float),
+                        help="choices (default: the base config's)")
+    search.add_argument("--seeds", type=_numbers(int), help="choices (default: 0)")
+    search.add_argument("--oracle-seed", type=int, default=1)
+    search.add_argument("--target-accuracy", type=float,
+                        help="report the smallest fraction whose best setting reaches it")
+    search.add_argument("--report-only", action="store_true",
+                        help="write the reports of an existing project; train nothing")
+    search.add_argument("--no-plots", action="store_true")
+    TrainConfig.add_flags(tune, exclude=(*TUNED_FIELDS, "run_dir"),
+                          title="base config (TrainConfig fields; each trial sets "
+                          + ", ".join(TUNED_FIELDS) + ")")
+    tune.set_defaults(run=_tune, parser=tune)
+
+
+# --- recipes -------------------------------------------------------------------
+
+
+def recipe_parser(recipe, description: str | None = None) -> argparse.ArgumentParser:
+    """The flags of a benchmark recipe: `TrainConfig` fields, the data source, the output."""
+    from dss_keras.experiments import RECIPE_FIELDS
+
+    parser = argparse.ArgumentParser(
+        description=description or f"The {recipe.benchmark} experiment of Distilling step-by-step",
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's logs")
+    parser.add_argument("--tfds", action="store_true",
+                        help=f"read the dss_{recipe.benchmark} TFDS builder (its manual_dir is "
+                        "--data-dir) instead of the release folder")
+    TrainConfig.add_flags(parser, exclude=RECIPE_FIELDS, defaults=recipe.defaults())
+    output = parser.add_argument_group("output")
+    output.add_argument("--no-export", dest="export", action="store_false",
+                        help="do not export a SavedModel")
+    output.add_argument("--export-dir", default="saved_models",
+                        help="parent of the exports (default: saved_models)")
+    output.add_argument("--progress", default="auto", choices=("auto", "0", "1", "2"),
+                        help="Keras progress bar (default: auto)")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["tune"]:
-        # `tune` owns its flags (it has many); hand them over untouched.
-        from dss_keras import tuning
+def parse_recipe_flags(recipe, argv: Sequence[str] | None = None,
+                       description: str | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    """The config (the recipe's settings, then the flags) and the parsed flags of a recipe.
 
-        return tuning.main(argv[1:])
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-    if args.command == "predict":
-        if args.saved_model and args.run_dir is not None:
-            # With --saved-model there is no run directory: it was a text.
-            args.texts, args.run_dir = [args.run_dir, *args.texts], None
-        if not args.saved_model and not args.run_dir:
-            raise SystemExit("predict needs a run directory or --saved-model DIR")
+    Bad flags and values exit with status 2 and a message naming the flag.
+    """
+    from dss_keras.config import check_applicable
+
+    parser = recipe_parser(recipe, description)
+    args = parser.parse_args(argv)
+    changes = TrainConfig.changes_from_args(args)
+    try:
+        config = recipe.config(tfds=args.tfds, **changes)
+        check_applicable(changes, config)
+    except ValueError as error:
+        parser.error(str(error))
+    return config, args
+
+
+def run_recipe(recipe, argv: Sequence[str] | None = None,
+               description: str | None = None) -> int:
+    """Runs a benchmark recipe (`recipes/<benchmark>.py`) from its flags; returns the exit status.
+
+    Args:
+        recipe: The benchmark's `dss_keras.experiments.BenchmarkRecipe`.
+        argv: The flags (`sys.argv[1:]` when `None`); `--help` lists them.
+        description: The `--help` text, e.g. the recipe file's docstring.
+    """
+    config, args = parse_recipe_flags(recipe, argv, description)
+    _quiet(args.verbose)
+    from dss_keras.experiments import RESULTS_FILE, run_experiment
+
+    print(f"{recipe.benchmark} {config.mode}: preset {config.preset}, labels "
+          f"{config.label_source}, {config.steps} steps of batch {config.batch_size}, "
+          f"run dir {config.run_dir}")
+    verbose = args.progress if args.progress == "auto" else int(args.progress)
+    results = run_experiment(recipe, config, export=args.export, export_dir=args.export_dir,
+                             verbose=verbose, echo=print)
+    print(f"Results written to {os.path.join(config.run_dir, RESULTS_FILE)} "
+          f"({results['wall_seconds']:.0f} s)")
+    return 0
+
+
+# --- the command ---------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `dss-keras` parser and its subcommands."""
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log at INFO level and show TensorFlow's logs")
+    parser = argparse.ArgumentParser(prog="dss-keras", description=__doc__.splitlines()[0],
+                                     parents=[common], allow_abbrev=False)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = _add_command(commands, "train", parents=[common],
+                                help="train a model (flags = TrainConfig fields)")
+    TrainConfig.add_flags(train)
+    train.set_defaults(run=_train, parser=train)
+    _add_model_commands(commands)
+    _add_tune_command(commands, common)
+    _add_quickstart_command(commands)
+    return parser
+
+
+def _quiet(verbose: bool) -> None:
+    from dss_keras.quiet import quiet_tensorflow
+
+    quiet_tensorflow(verbose)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs `dss-keras` with `argv` (`sys.argv[1:]` when `None`); returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    args.verbose = getattr(args, "verbose", False)
+    _quiet(args.verbose)
     return args.run(args)
 
 

@@ -38,12 +38,38 @@ METADATA_PATH = os.path.join("assets.extra", "dss_keras.json")
 XLA_ATTRIBUTES = ("_XlaMustCompile", "_XlaCompile", "_XlaScope")
 
 
+class GraphSentencePiece(tf.Module):
+    """A SentencePiece tokenizer made of TensorFlow Text ops only, saved in the graph.
+
+    It has the interface `MultiTaskPreprocessor` uses (`tokenize`,
+    `detokenize`, `vocabulary_size`), so the serving graph runs the model's
+    own preprocessor with it.
+    """
+
+    def __init__(self, proto: bytes):
+        super().__init__(name="sentencepiece")
+        import tensorflow_text as tf_text
+
+        self.model = tf_text.SentencepieceTokenizer(model=proto, out_type=tf.int32)
+        self._size = int(self.model.vocab_size())
+
+    def tokenize(self, text):
+        return self.model.tokenize(text)
+
+    def detokenize(self, token_ids):
+        return self.model.detokenize(token_ids)
+
+    def vocabulary_size(self) -> int:
+        return self._size
+
+
 class ServingModule(tf.Module):
     """The exported object: a tokenizer, the model's variables and two signatures.
 
     Args:
         seq2seq_lm: A KerasHub `Seq2SeqLM` with a SentencePiece tokenizer (T5).
-        preprocessor: The `MultiTaskPreprocessor` the model was trained with.
+        preprocessor: The `MultiTaskPreprocessor` the model was trained with;
+            the graph runs its `encode_inputs` and `decode`.
         stop_at_end_token: `False` decodes the full `max_*_length` for every
             batch even once every row has ended (same outputs, fixed cost: for
             benchmarks).
@@ -51,8 +77,6 @@ class ServingModule(tf.Module):
 
     def __init__(self, seq2seq_lm, preprocessor, *, stop_at_end_token: bool = True):
         super().__init__(name="dss_keras_serving")
-        import tensorflow_text as tf_text
-
         proto = getattr(preprocessor.tokenizer, "proto", None)
         if not isinstance(proto, bytes):
             raise ValueError(
@@ -60,15 +84,14 @@ class ServingModule(tf.Module):
                 "goes into the graph. Received: "
                 f"tokenizer={type(preprocessor.tokenizer).__name__}"
             )
-        self.tokenizer = tf_text.SentencepieceTokenizer(model=proto, out_type=tf.int32)
+        self.tokenizer = GraphSentencePiece(proto)
         # The graph reads the Keras model's own variables; tracking them here
         # saves them, and nothing else of Keras, into the SavedModel.
         self.model_variables = [_tf_variable(v) for v in seq2seq_lm.variables]
         # Plain Python objects: not trackable, so not saved.
         self._settings = _Settings(
             decoder=decoding.decoder_for(seq2seq_lm),
-            preprocessor=preprocessor,
-            vocabulary_size=int(preprocessor.tokenizer.vocabulary_size()),
+            preprocessor=preprocessor.with_tokenizer(self.tokenizer),
             stop_at_end_token=bool(stop_at_end_token),
         )
 
@@ -83,11 +106,16 @@ class ServingModule(tf.Module):
     def signatures(self) -> dict:
         return {"serving_default": self.serving_default, "explain": self.explain}
 
+    @property
+    def preprocessor(self):
+        """The model's preprocessor on the graph's own tokenizer."""
+        return self._settings.preprocessor
+
     def generate(self, text, task: str) -> tf.Tensor:
         """Strings `[batch]` -> generated strings `[batch]` for one task."""
         settings = self._settings
         pre = settings.preprocessor
-        inputs = self.encode(text, task)
+        inputs = pre.encode_inputs(text, task)
         generated = settings.decoder.greedy(
             inputs["encoder_token_ids"],
             inputs["encoder_padding_mask"],
@@ -97,39 +125,7 @@ class ServingModule(tf.Module):
             max_length=pre.max_target_length(task),
             stop_at_end=settings.stop_at_end_token,
         )
-        return self.decode(generated)
-
-    def encode(self, text, task: str) -> dict:
-        """As `MultiTaskPreprocessor.encode_inputs`, batched: prefix, tokenize, truncate, pack."""
-        pre = self._settings.preprocessor
-        text = tf.convert_to_tensor(text, tf.string)
-        batch = tf.shape(text)[0]
-        tokens = self.tokenizer.tokenize(tf.strings.join([pre.prefix(task), text]))
-        budget = pre.max_input_length - len(pre.encoder_start_ids) - 1
-        parts = [tokens[:, :budget], tf.fill([batch, 1], tf.constant(pre.end_token_id, tf.int32))]
-        if pre.encoder_start_ids:
-            starts = tf.constant([pre.encoder_start_ids], tf.int32)
-            parts.insert(0, tf.tile(starts, [batch, 1]))
-        ids = tf.concat(parts, axis=1)
-        return {
-            "encoder_token_ids": ids.to_tensor(pre.pad_token_id),
-            "encoder_padding_mask": tf.ones_like(ids).to_tensor(0),
-        }
-
-    def decode(self, token_ids) -> tf.Tensor:
-        """As `MultiTaskPreprocessor.decode`, and ids the tokenizer lacks are dropped.
-
-        (Models may have more output ids than the SentencePiece model has
-        pieces, e.g. T5's 32128 vs 32000; SentencePiece rejects such ids.)
-        """
-        pre = self._settings.preprocessor
-        is_end = tf.cast(tf.equal(token_ids, pre.end_token_id), tf.int32)
-        keep = tf.equal(tf.cumsum(is_end, axis=-1), 0)
-        for special in sorted(set(pre.decoder_start_ids) | {pre.pad_token_id}):
-            keep &= tf.not_equal(token_ids, special)
-        keep &= tf.less(token_ids, self._settings.vocabulary_size)
-        ragged = tf.ragged.boolean_mask(token_ids, keep)
-        return tf.strings.strip(self.tokenizer.detokenize(ragged))
+        return pre.decode(generated)
 
 
 def export_for_serving(

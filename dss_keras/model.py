@@ -8,36 +8,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dss_keras.config import MODES
 from dss_keras.decoding import greedy_decode
+from dss_keras.metrics.token_mean import TokenMean
 from dss_keras.preprocessor import TASKS, MultiTaskPreprocessor
-
-MODES = ("distill_step_by_step", "standard")
-
-
-@keras.saving.register_keras_serializable(package="dss_keras")
-class TokenMean(keras.metrics.Metric):
-    """A mean over tokens: accumulates a sum and a token count, divides once.
-
-    Under a `tf.distribute` strategy both accumulators are summed over the
-    replicas when read, so the result is the mean over all tokens of all
-    replicas, not a mean of per-replica means.
-    """
-
-    def __init__(self, name: str = "token_mean", dtype=None):
-        super().__init__(name=name, dtype=dtype)
-        self.total = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="total")
-        self.count = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="count")
-
-    def update_state(self, total, count):
-        self.total.assign_add(tf.cast(total, "float32"))
-        self.count.assign_add(tf.cast(count, "float32"))
-
-    def result(self):
-        return tf.math.divide_no_nan(self.total, self.count)
-
-    def reset_state(self):
-        self.total.assign(0.0)
-        self.count.assign(0.0)
 
 
 def _all_reduce_sum(value):

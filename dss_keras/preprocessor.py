@@ -197,13 +197,24 @@ class MultiTaskPreprocessor:
     # --- batches (generation) ------------------------------------------------
 
     def encode_inputs(self, texts, task: str = "label") -> dict:
-        """A batch of strings -> padded `encoder_token_ids`/`encoder_padding_mask`."""
+        """A batch of strings -> padded `encoder_token_ids`/`encoder_padding_mask`.
+
+        The batched form of `encode_input`: prefix, tokenize, truncate, add
+        the start and end ids. Generation and the exported serving graph use it.
+        """
         texts = tf.convert_to_tensor(texts, tf.string)
-        ids = tf.map_fn(
-            lambda t: self.encode_input(t, task),
-            texts,
-            fn_output_signature=tf.RaggedTensorSpec([None], tf.int32),
-        )
+        batch = tf.shape(texts)[0]
+        tokens = self.tokenizer.tokenize(tf.strings.join([self.prefix(task), texts]))
+        if not isinstance(tokens, (tf.Tensor, tf.RaggedTensor)):
+            # KerasHub tokenizers return Python lists when run eagerly.
+            tokens = tf.ragged.constant(tokens, dtype=tf.int32, ragged_rank=1)
+        tokens = tf.cast(tokens, tf.int32)
+        budget = self.max_input_length - len(self.encoder_start_ids) - 1
+        parts = [tokens[:, :budget], tf.fill([batch, 1], tf.constant(self.end_token_id, tf.int32))]
+        if self.encoder_start_ids:
+            starts = tf.constant([self.encoder_start_ids], tf.int32)
+            parts.insert(0, tf.tile(starts, [batch, 1]))
+        ids = tf.concat(parts, axis=1)
         return {
             "encoder_token_ids": ids.to_tensor(self.pad_token_id),
             "encoder_padding_mask": tf.ones_like(ids).to_tensor(0),
@@ -214,13 +225,23 @@ class MultiTaskPreprocessor:
         token_ids = tf.convert_to_tensor(token_ids, tf.int32)
         is_end = tf.cast(tf.equal(token_ids, self.end_token_id), tf.int32)
         keep = tf.equal(tf.cumsum(is_end, axis=-1), 0)
-        for special in set(self.decoder_start_ids) | {self.pad_token_id}:
+        for special in sorted(set(self.decoder_start_ids) | {self.pad_token_id}):
             keep &= tf.not_equal(token_ids, special)
         # A backbone's vocabulary can be larger than its tokenizer's (T5: 32128
         # embeddings for 32000 pieces); ids past the tokenizer have no text.
         keep &= tf.less(token_ids, self.tokenizer.vocabulary_size())
         ragged = tf.ragged.boolean_mask(token_ids, keep)
         return tf.strings.strip(self.tokenizer.detokenize(ragged))
+
+    def with_tokenizer(self, tokenizer) -> "MultiTaskPreprocessor":
+        """The same preprocessor on another tokenizer with the same vocabulary.
+
+        The tokenizer needs `tokenize`, `detokenize` and `vocabulary_size()`
+        (the SavedModel export passes a plain TensorFlow Text one).
+        """
+        config = self.get_config()
+        config["tokenizer"] = tokenizer
+        return type(self)(**config)
 
 
 def sequence_layout(seq2seq_lm) -> dict:

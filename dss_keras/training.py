@@ -1,25 +1,29 @@
-"""One training run, from a `TrainConfig` to a run directory.
-
-A run directory holds:
+"""The one path from a config and records to a trained model.
 
 ```
-config.json         the resolved TrainConfig
-vocabulary.spm      the SentencePiece model (tiny backbones trained on the fly)
-backup/             Keras BackupAndRestore state while training (a crash resumes)
-logs/               TensorBoard logs
-model.keras         the trained DistillStepByStep (weights and optimizer state)
-metrics.json        losses, label accuracies, the data report and wall time
+config + Splits --build_model--> compiled DistillStepByStep --fit--> FitResult
+                                                   train = run directory + fit + test + save
 ```
 
-Running the same config on an existing run directory resumes it (or returns
-the finished results); a different config there is an error, never a
-deletion.
+- `build_model(config, train_records, vocabulary_path)`: the seq2seq LM (a
+  KerasHub preset, or a tiny T5 whose vocabulary follows the rule of
+  `dss_keras.vocabulary`), wrapped in `DistillStepByStep` and compiled with
+  the config's optimizer.
+- `fit(config, splits, ...)`: the training subset (`train_fraction` of
+  `splits.train`, `seed`), the pipeline, the validation callbacks
+  (`val_label_accuracy` by generation), an optional backup for crash resume,
+  and `model.fit` for `steps` steps in periods of `eval_every` steps.
+- `train(config, splits)`: `fit` inside a run directory (see `run_dir`),
+  then test accuracy, `model.keras` and `metrics.json`.
+
+`dss-keras train`, the recipes (`dss_keras.experiments`), the tuner
+(`dss_keras.tuning`), the quickstart and the benchmarks all go through these
+functions, so a run is the same run whichever of them starts it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -28,15 +32,187 @@ from typing import Sequence
 
 import keras
 
-from dss_keras import backbones
-from dss_keras.config import TrainConfig
-from dss_keras.data import splits
-from dss_keras.data.pipeline import make_dataset
-from dss_keras.data.records import Record, read_records
+from dss_keras import backbones, vocabulary
+from dss_keras.config import TINY_PRESET, TrainConfig
+from dss_keras.data import splits as splitting
+from dss_keras.data.pipeline import PipelineReport, make_dataset
+from dss_keras.data.records import Record
+from dss_keras.data.sources import Splits, load
 from dss_keras.evaluation import GenerationEvaluation, evaluate_labels
 from dss_keras.model import DistillStepByStep
 
 logger = logging.getLogger(__name__)
+
+
+def load_splits(config: TrainConfig) -> Splits:
+    """The records `config` names (`data` or `train_file`), via `dss_keras.data.load`."""
+    if config.source is None:
+        raise ValueError(
+            "No training data: set `train_file` (--train-file FILE) or `data` "
+            "(--data word_problems, cqa, ...)."
+        )
+    return load(config.source, data_dir=config.data_dir,
+                validation_file=config.validation_file, test_file=config.test_file,
+                validation_fraction=config.validation_fraction)
+
+
+def build_seq2seq_lm(config: TrainConfig, train_records: Sequence[Record],
+                     vocabulary_path: str):
+    """A KerasHub preset, or a tiny T5 on the vocabulary at `vocabulary_path`."""
+    dtype = None if config.dtype_policy == "float32" else config.dtype_policy
+    if config.preset != TINY_PRESET:
+        return backbones.from_preset(config.preset, dtype=dtype)
+    proto = vocabulary.load_or_train(
+        vocabulary_path, train_records, vocabulary_size=config.vocabulary_size,
+        label_prefix=config.label_prefix, rationale_prefix=config.rationale_prefix,
+    )
+    return backbones.tiny_t5(
+        proto=proto, hidden_dim=config.hidden_dim, num_layers=config.num_layers,
+        num_heads=config.num_heads, intermediate_dim=config.intermediate_dim,
+        dropout=config.dropout, seed=config.seed, dtype=dtype,
+    )
+
+
+def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    """AdamW with the config's learning rate, weight decay and accumulation."""
+    accumulation = config.gradient_accumulation_steps
+    return keras.optimizers.AdamW(
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        gradient_accumulation_steps=accumulation if accumulation > 1 else None,
+    )
+
+
+def build_model(config: TrainConfig, train_records: Sequence[Record],
+                vocabulary_path: str) -> DistillStepByStep:
+    """The compiled `DistillStepByStep` of `config`.
+
+    Args:
+        config: The run's configuration.
+        train_records: The whole training split (it trains a tiny model's
+            vocabulary; see `dss_keras.vocabulary`).
+        vocabulary_path: Where the tiny model's vocabulary is stored.
+    """
+    model = DistillStepByStep(
+        build_seq2seq_lm(config, train_records, vocabulary_path),
+        alpha=config.alpha,
+        mode=config.mode,
+        label_prefix=config.label_prefix,
+        rationale_prefix=config.rationale_prefix,
+        max_input_length=config.max_input_length,
+        max_label_length=config.max_label_length,
+        max_rationale_length=config.max_rationale_length,
+    )
+    model.compile(optimizer=make_optimizer(config), jit_compile=config.jit_compile_value)
+    return model
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What `fit` produced.
+
+    Attributes:
+        model: The trained model.
+        history: The Keras `History`.
+        report: What the training pipeline used (`PipelineReport`).
+        steps: Optimizer steps trained in all (`steps` rounded up to whole
+            periods of `eval_every`).
+        train_seconds: Wall time of `model.fit`.
+        validation: The last `val_label_accuracy` evaluation, if any.
+    """
+
+    model: DistillStepByStep
+    history: keras.callbacks.History
+    report: PipelineReport
+    steps: int
+    train_seconds: float
+    validation: object = None
+
+
+def training_records(config: TrainConfig, train_records: Sequence[Record]) -> list[Record]:
+    """The subset that trains: `train_fraction` of the split, picked by `seed`."""
+    return splitting.take_fraction(train_records, config.train_fraction, seed=config.seed)
+
+
+def fit(
+    config: TrainConfig,
+    splits: Splits,
+    *,
+    model: DistillStepByStep | None = None,
+    vocabulary_path: str | None = None,
+    backup_dir: str | None = None,
+    log_dir: str | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: str | int = "auto",
+) -> FitResult:
+    """Trains a model as `config` says on `splits`; returns it with its history.
+
+    Args:
+        config: The run's configuration.
+        splits: The records; `train` is the whole training split, of which
+            `config.train_fraction` trains. With validation records, their
+            losses and `val_label_accuracy` are logged every `eval_every` steps.
+        model: A model from `build_model(config, ...)`; built when `None`.
+        vocabulary_path: Where a tiny model's vocabulary is stored when the
+            model is built here (a temporary file when `None`).
+        backup_dir: A `BackupAndRestore` directory: an interrupted fit resumes.
+        log_dir: A TensorBoard log directory.
+        callbacks: More Keras callbacks; they run after the evaluation, so
+            they see `val_label_accuracy`.
+        verbose: Keras progress bar setting.
+
+    Examples:
+
+    >>> from dss_keras.data import load
+    >>> config = TrainConfig(steps=2, eval_every=2, batch_size=4, vocabulary_size=120,
+    ...                      hidden_dim=16, intermediate_dim=32, num_layers=1, num_heads=2,
+    ...                      max_label_length=4, max_rationale_length=8)
+    >>> result = fit(config, load("word_problems:20", validation_fraction=0.2), verbose=0)
+    >>> result.steps, result.report.num_examples, 0 <= result.validation.accuracy <= 1
+    (2, 16, True)
+    """
+    if model is None:
+        if vocabulary_path is None:
+            import tempfile
+
+            vocabulary_path = os.path.join(tempfile.mkdtemp(prefix="dss_keras_"),
+                                           "vocabulary.spm")
+        model = build_model(config, splits.train, vocabulary_path)
+    dataset, report = make_dataset(
+        training_records(config, splits.train), model.preprocessor, mode=config.mode,
+        label_source=config.label_source, batch_size=config.batch_size, seed=config.seed,
+        repeat=True,
+    )
+    logger.info("Training data: %s", report)
+    run_callbacks: list = []
+    validation_dataset = evaluation = None
+    if splits.validation:
+        validation_dataset, _ = make_dataset(
+            splits.validation, model.preprocessor, mode=config.mode, label_source="gt",
+            batch_size=config.eval_batch_size, shuffle=False,
+        )
+        evaluation = GenerationEvaluation(splits.validation, config.metric,
+                                          batch_size=config.eval_batch_size)
+        run_callbacks.append(evaluation)
+    if backup_dir:
+        run_callbacks.append(keras.callbacks.BackupAndRestore(backup_dir))
+    if log_dir:
+        run_callbacks.append(keras.callbacks.TensorBoard(log_dir))
+    steps_per_epoch = min(config.eval_every, config.steps)
+    epochs = math.ceil(config.steps / steps_per_epoch)
+    start = time.perf_counter()
+    history = model.fit(
+        dataset, epochs=epochs, steps_per_epoch=steps_per_epoch,
+        validation_data=validation_dataset, callbacks=[*run_callbacks, *callbacks],
+        verbose=verbose,
+    )
+    train_seconds = time.perf_counter() - start
+    validation = None
+    if evaluation is not None:
+        validation = evaluation.last_result or evaluate_labels(
+            model, splits.validation, config.metric, config.eval_batch_size)
+    return FitResult(model, history, report, epochs * steps_per_epoch, train_seconds,
+                     validation)
 
 
 @dataclasses.dataclass
@@ -54,231 +230,62 @@ class TrainResult:
     metrics: dict
 
 
-@dataclasses.dataclass(frozen=True)
-class DataSplits:
-    train: list[Record]
-    validation: list[Record]
-    test: list[Record]
-
-
-def load_data_splits(config: TrainConfig) -> DataSplits:
-    """Reads the config's files; carves validation out of train when there is no file.
-
-    `train_fraction` is applied to the training records after the validation
-    split is taken, so every fraction is validated on the same records.
-    """
-    if config.train_file is None:
-        raise ValueError("`train_file` is required when no records are passed.")
-    train = read_records(config.train_file)
-    if config.validation_file:
-        validation = read_records(config.validation_file)
-    elif config.validation_fraction > 0:
-        train, validation = splits.split_validation(train, config.validation_fraction)
-    else:
-        validation = []
-    test = read_records(config.test_file) if config.test_file else []
-    return DataSplits(train, validation, test)
-
-
-def vocabulary_texts(records: Sequence[Record], config: TrainConfig) -> list[str]:
-    """The text a vocabulary trained on the fly learns from."""
-    texts = [config.label_prefix + config.rationale_prefix]
-    for r in records:
-        texts += [r.input, r.label] + [t for t in (r.rationale, r.llm_label) if t]
-    return texts
-
-
-def build_seq2seq_lm(config: TrainConfig, records: Sequence[Record], run_dir: str):
-    """A tiny T5 with a vocabulary trained on `records`, or a KerasHub preset."""
-    dtype = None if config.dtype_policy == "float32" else config.dtype_policy
-    if config.preset != "tiny":
-        return backbones.from_preset(config.preset, dtype=dtype)
-    vocabulary_path = os.path.join(run_dir, "vocabulary.spm")
-    if os.path.exists(vocabulary_path):
-        with open(vocabulary_path, "rb") as f:
-            proto = f.read()
-    else:
-        proto = backbones.train_sentencepiece(
-            vocabulary_texts(records, config), vocabulary_size=config.vocabulary_size
-        )
-        with open(vocabulary_path + ".tmp", "wb") as f:
-            f.write(proto)
-        os.replace(vocabulary_path + ".tmp", vocabulary_path)
-    return backbones.tiny_t5(
-        proto=proto,
-        hidden_dim=config.hidden_dim,
-        num_layers=config.num_layers,
-        num_heads=config.num_heads,
-        intermediate_dim=config.intermediate_dim,
-        dropout=config.dropout,
-        seed=config.seed,
-        dtype=dtype,
-    )
-
-
-def build_model(config: TrainConfig, seq2seq_lm) -> DistillStepByStep:
-    """Wraps and compiles the model as the config says."""
-    model = DistillStepByStep(
-        seq2seq_lm,
-        alpha=config.alpha,
-        mode=config.mode,
-        label_prefix=config.label_prefix,
-        rationale_prefix=config.rationale_prefix,
-        max_input_length=config.max_input_length,
-        max_label_length=config.max_label_length,
-        max_rationale_length=config.max_rationale_length,
-    )
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        gradient_accumulation_steps=(
-            config.gradient_accumulation_steps if config.gradient_accumulation_steps > 1 else None
-        ),
-    )
-    model.compile(optimizer=optimizer, jit_compile=config.jit_compile_value)
-    return model
-
-
-def _prepare_run_dir(config: TrainConfig) -> None:
-    path = os.path.join(config.run_dir, "config.json")
-    if os.path.exists(path):
-        saved = TrainConfig.load(path)
-        if saved != config:
-            changed = sorted(
-                k for k, v in config.to_dict().items() if saved.to_dict()[k] != v
-            )
-            raise ValueError(
-                f"{config.run_dir} holds a run with another config (fields "
-                f"{', '.join(changed)} differ). Use a new run directory, or the "
-                "same config to resume."
-            )
-        logger.info("Resuming the run in %s", config.run_dir)
-        return
-    os.makedirs(config.run_dir, exist_ok=True)
-    config.save(path)
-
-
-def _write_json(data: dict, path: str) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
-
-
 def train(
     config: TrainConfig,
-    train_records: Sequence[Record] | None = None,
-    validation_records: Sequence[Record] | None = None,
-    test_records: Sequence[Record] | None = None,
+    splits: Splits | None = None,
     *,
     verbose: str | int = "auto",
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> TrainResult:
-    """Trains, evaluates and saves one run.
-
-    Records passed in win over the config's files. Training runs
-    `config.steps` optimizer steps (rounded up to whole evaluation periods of
-    `eval_every` steps); after every period the validation losses and the
-    generated-label accuracy (`val_label_accuracy`) are logged and the state
-    is backed up.
+    """Trains, evaluates and saves one run in `config.run_dir`.
 
     Args:
         config: The run's configuration.
-        train_records, validation_records, test_records: Records to use
-            instead of the config's files.
+        splits: The records; read with `load_splits(config)` when `None`.
         verbose: Keras progress bar setting.
         callbacks: Extra Keras callbacks.
 
     Returns:
-        A `TrainResult`.
+        A `TrainResult`. A finished run directory returns its saved result.
 
     Examples:
 
     >>> import tempfile
-    >>> from dss_keras import testing
-    >>> config = TrainConfig(run_dir=tempfile.mkdtemp(), steps=2, eval_every=2,
+    >>> config = TrainConfig(data="word_problems:16", validation_fraction=0.25,
+    ...                      run_dir=tempfile.mkdtemp(), steps=2, eval_every=2,
     ...                      batch_size=4, vocabulary_size=120, hidden_dim=16,
     ...                      intermediate_dim=32, num_layers=1, num_heads=2,
     ...                      max_label_length=4, max_rationale_length=8)
-    >>> result = train(config, testing.toy_records(12), testing.toy_records(4, seed=1),
-    ...                verbose=0)
-    >>> sorted(result.metrics["validation"])
-    ['accuracy', 'num_examples', 'num_unparsable']
+    >>> result = train(config, verbose=0)
+    >>> sorted(result.metrics["validation"]), result.metrics["steps_trained"]
+    (['accuracy', 'num_examples', 'num_unparsable'], 2)
     """
-    _prepare_run_dir(config)
-    metrics_path = os.path.join(config.run_dir, "metrics.json")
-    model_path = os.path.join(config.run_dir, "model.keras")
-    if os.path.exists(metrics_path) and os.path.exists(model_path):
-        logger.info("%s is finished; loading its model and metrics", config.run_dir)
-        with open(metrics_path, encoding="utf-8") as f:
-            metrics = json.load(f)
-        return TrainResult(config.run_dir, keras.models.load_model(model_path), metrics)
+    from dss_keras import run_dir as runs
 
-    if train_records is None:
-        data = load_data_splits(config)
-    else:
-        data = DataSplits(list(train_records), list(validation_records or []),
-                          list(test_records or []))
-    train_set = splits.take_fraction(data.train, config.train_fraction, seed=config.seed)
-
-    seq2seq_lm = build_seq2seq_lm(config, train_set, config.run_dir)
-    model = build_model(config, seq2seq_lm)
-    dataset, report = make_dataset(
-        train_set,
-        model.preprocessor,
-        mode=config.mode,
-        label_source=config.label_source,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        repeat=True,
+    runs.claim(config)
+    finished = runs.load_finished(config.run_dir)
+    if finished is not None:
+        model, metrics = finished
+        return TrainResult(config.run_dir, model, metrics)
+    splits = splits or load_splits(config)
+    result = fit(
+        config, splits,
+        vocabulary_path=os.path.join(config.run_dir, runs.VOCABULARY),
+        backup_dir=os.path.join(config.run_dir, runs.BACKUP),
+        log_dir=os.path.join(config.run_dir, runs.LOGS),
+        callbacks=callbacks, verbose=verbose,
     )
-    logger.info("Training data: %s", report)
-    validation_dataset = generation_callback = None
-    run_callbacks = []
-    if data.validation:
-        validation_dataset, _ = make_dataset(
-            data.validation, model.preprocessor, mode=config.mode,
-            label_source="gt", batch_size=config.eval_batch_size, shuffle=False,
-        )
-        generation_callback = GenerationEvaluation(
-            data.validation, config.metric, batch_size=config.eval_batch_size
-        )
-        run_callbacks.append(generation_callback)
-    steps_per_epoch = min(config.eval_every, config.steps)
-    epochs = math.ceil(config.steps / steps_per_epoch)
-    run_callbacks += [
-        keras.callbacks.BackupAndRestore(os.path.join(config.run_dir, "backup")),
-        keras.callbacks.TensorBoard(os.path.join(config.run_dir, "logs")),
-        *callbacks,
-    ]
-    start = time.perf_counter()
-    history = model.fit(
-        dataset,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        validation_data=validation_dataset,
-        callbacks=run_callbacks,
-        verbose=verbose,
-    )
-    train_seconds = time.perf_counter() - start
-
     metrics = {
         "config": config.to_dict(),
-        "data": dataclasses.asdict(report),
-        "steps_trained": epochs * steps_per_epoch,
-        "train_seconds": train_seconds,
-        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "data": dataclasses.asdict(result.report),
+        "steps_trained": result.steps,
+        "train_seconds": result.train_seconds,
+        "history": {k: [float(v) for v in vs] for k, vs in result.history.history.items()},
     }
-    if data.validation:
-        result = generation_callback.last_result or evaluate_labels(
-            model, data.validation, config.metric, config.eval_batch_size
-        )
-        metrics["validation"] = result.to_dict()
-    if data.test:
+    if result.validation is not None:
+        metrics["validation"] = result.validation.to_dict()
+    if splits.test:
         metrics["test"] = evaluate_labels(
-            model, data.test, config.metric, config.eval_batch_size
-        ).to_dict()
-    model.save(model_path + ".tmp.keras")
-    os.replace(model_path + ".tmp.keras", model_path)
-    _write_json(metrics, metrics_path)
-    return TrainResult(config.run_dir, model, metrics)
+            result.model, splits.test, config.metric, config.eval_batch_size).to_dict()
+    runs.save_finished(config.run_dir, result.model, metrics)
+    return TrainResult(config.run_dir, result.model, metrics)

@@ -5,7 +5,7 @@ The paper's run (T5 v1.1 base, 10,000 steps of batch 64, lr 5e-5; a GPU):
     python recipes/anli1.py --data-dir path/to/datasets
     python recipes/anli1.py --data-dir path/to/datasets --mode standard \\
         --run-dir runs/anli1-standard
-    python recipes/anli1.py --tfds --tfds-manual-dir path/to/datasets --label-source llm
+    python recipes/anli1.py --tfds --data-dir path/to/datasets --label-source llm
 
 A tiny T5 trained from scratch, on CPU:
 
@@ -21,16 +21,16 @@ label is entailment, neutral or contradiction. Results go to
 
 import sys
 
-from dss_keras import recipes
+from dss_keras import cli, experiments
 
 
-def get_config() -> recipes.BenchmarkRecipe:
+def get_config() -> experiments.BenchmarkRecipe:
     """The paper's settings; ANLI premises are paragraphs, so the tiny model reads 256 tokens."""
-    return recipes.BenchmarkRecipe(
+    return experiments.BenchmarkRecipe(
         benchmark="anli1",
         tiny={"vocabulary_size": 3000, "max_input_length": 256, "max_label_length": 8},
     )
 
 
 if __name__ == "__main__":
-    sys.exit(recipes.main(get_config(), description=__doc__))
+    sys.exit(cli.run_recipe(get_config(), description=__doc__))

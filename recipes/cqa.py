@@ -4,7 +4,7 @@ The paper's run (T5 v1.1 base, 10,000 steps of batch 64, lr 5e-5; a GPU):
 
     python recipes/cqa.py --data-dir path/to/datasets
     python recipes/cqa.py --data-dir path/to/datasets --mode standard --run-dir runs/cqa-standard
-    python recipes/cqa.py --tfds --tfds-manual-dir path/to/datasets --label-source llm
+    python recipes/cqa.py --tfds --data-dir path/to/datasets --label-source llm
 
 A tiny T5 trained from scratch, on CPU in a few minutes:
 
@@ -19,16 +19,16 @@ A tiny T5 trained from scratch, on CPU in a few minutes:
 
 import sys
 
-from dss_keras import recipes
+from dss_keras import cli, experiments
 
 
-def get_config() -> recipes.BenchmarkRecipe:
+def get_config() -> experiments.BenchmarkRecipe:
     """The paper's settings; a 3,000-piece vocabulary for the tiny model's English text."""
-    return recipes.BenchmarkRecipe(
+    return experiments.BenchmarkRecipe(
         benchmark="cqa",
         tiny={"vocabulary_size": 3000, "max_input_length": 256, "max_label_length": 16},
     )
 
 
 if __name__ == "__main__":
-    sys.exit(recipes.main(get_config(), description=__doc__))
+    sys.exit(cli.run_recipe(get_config(), description=__doc__))

@@ -5,7 +5,7 @@ The paper's run (T5 v1.1 base, 10,000 steps of batch 64, lr 5e-5; a GPU):
     python recipes/svamp.py --data-dir path/to/datasets
     python recipes/svamp.py --data-dir path/to/datasets --mode standard \\
         --run-dir runs/svamp-standard
-    python recipes/svamp.py --tfds --tfds-manual-dir path/to/datasets --label-source llm
+    python recipes/svamp.py --tfds --data-dir path/to/datasets --label-source llm
 
 A tiny T5 trained from scratch, on CPU in a few minutes:
 
@@ -21,16 +21,16 @@ the gold equation's value (`dss_keras.metrics`). Results go to
 
 import sys
 
-from dss_keras import recipes
+from dss_keras import cli, experiments
 
 
-def get_config() -> recipes.BenchmarkRecipe:
+def get_config() -> experiments.BenchmarkRecipe:
     """The paper's settings; the tiny vocabulary splits digits: 1,000 pieces do for 700 problems."""
-    return recipes.BenchmarkRecipe(
+    return experiments.BenchmarkRecipe(
         benchmark="svamp",
         tiny={"vocabulary_size": 1000, "max_input_length": 256, "max_label_length": 32},
     )
 
 
 if __name__ == "__main__":
-    sys.exit(recipes.main(get_config(), description=__doc__))
+    sys.exit(cli.run_recipe(get_config(), description=__doc__))

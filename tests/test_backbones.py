@@ -22,14 +22,17 @@ def test_tiny_t5_is_t5_v1_1_shaped_with_spread_embeddings():
     lm = testing.tiny_seq2seq_lm()
     backbone = lm.backbone
     assert backbone.use_gated_activation and not backbone.tie_embedding_weights
-    x = np.linspace(-3, 3, 7).astype("float32")
-    layer = backbone.encoder_transformer_layers[0]
-    activation = layer.activation if hasattr(layer, "activation") else backbones.gelu_tanh
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(activation(x)),
-        keras.ops.convert_to_numpy(keras.activations.gelu(x, approximate=True)),
-        rtol=1e-6,
-    )
+    # The gated feed-forward's activated branch: input_projector = act(x @ kernel).
+    for layer in (backbone.encoder_transformer_layers[0], backbone.decoder_transformer_layers[0]):
+        projector = layer.input_projector
+        x = np.random.default_rng(0).normal(0, 8, (16, backbone.hidden_dim)).astype("float32")
+        pre_activation = x @ keras.ops.convert_to_numpy(projector.kernel)
+        applied = keras.ops.convert_to_numpy(projector(x))
+        tanh_gelu = keras.ops.convert_to_numpy(keras.activations.gelu(pre_activation, True))
+        exact_gelu = keras.ops.convert_to_numpy(keras.activations.gelu(pre_activation, False))
+        assert np.abs(pre_activation).max() > 1.0  # where the two GELUs differ
+        np.testing.assert_allclose(applied, tanh_gelu, atol=1e-5)
+        assert np.abs(applied - exact_gelu).max() > 1e-4  # not the exact GELU
     embeddings = backbone.token_embedding.embeddings.numpy()
     # N(0, 1), not KerasHub's TruncatedNormal(mean=1.0): rows differ.
     assert abs(embeddings.mean()) < 0.1 and 0.8 < embeddings.std() < 1.2

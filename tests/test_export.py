@@ -181,8 +181,9 @@ def test_rationales_and_edge_inputs(model, served, texts):
 
 def test_long_input_is_truncated(model, exported):
     loaded = tf.saved_model.load(exported)
-    module_encode = export.ServingModule(model.seq2seq_lm, model.preprocessor).encode
-    ids = module_encode(tf.constant(EDGE_TEXTS), "label")["encoder_token_ids"]
+    serving = export.ServingModule(model.seq2seq_lm, model.preprocessor).preprocessor
+    assert isinstance(serving.tokenizer, export.GraphSentencePiece)
+    ids = serving.encode_inputs(tf.constant(EDGE_TEXTS), "label")["encoder_token_ids"]
     assert ids.shape[1] == model.preprocessor.max_input_length
     reference = model.preprocessor.encode_inputs(EDGE_TEXTS, "label")["encoder_token_ids"]
     tf.debugging.assert_equal(ids, reference)

@@ -167,8 +167,8 @@ def _write_release(root, name, rows, batches):
 
 def test_batches_are_read_in_numeric_order(tmp_path, monkeypatch):
     # 21 examples in batches of 2: train_CoT_10.json sorts before _2 as text.
-    benchmark = dataclasses.replace(official.BENCHMARKS["svamp"], teacher_batch_size=2)
-    monkeypatch.setitem(official.BENCHMARKS, "svamp", benchmark)
+    benchmark = dataclasses.replace(official.SPECS["svamp"], teacher_batch_size=2)
+    monkeypatch.setitem(official.SPECS, "svamp", benchmark)
     rows = [{"input": f"Q{i}", "label": f"( {i}.0 + 1.0 )"} for i in range(21)]
     outputs = [f"Step {i}. The answer is ({i} + 1).\n\nQ: x" for i in range(21)]
     _write_release(tmp_path, "svamp", rows, [outputs[i : i + 2] for i in range(0, 21, 2)])
@@ -179,8 +179,8 @@ def test_batches_are_read_in_numeric_order(tmp_path, monkeypatch):
 
 
 def test_a_short_middle_batch_is_an_error(tmp_path, monkeypatch):
-    benchmark = dataclasses.replace(official.BENCHMARKS["svamp"], teacher_batch_size=2)
-    monkeypatch.setitem(official.BENCHMARKS, "svamp", benchmark)
+    benchmark = dataclasses.replace(official.SPECS["svamp"], teacher_batch_size=2)
+    monkeypatch.setitem(official.SPECS, "svamp", benchmark)
     rows = [{"input": f"Q{i}", "label": "( 1.0 )"} for i in range(4)]
     _write_release(tmp_path, "svamp", rows, [["a"], ["b", "c", "d"]])
     with pytest.raises(ValueError, match=r"train_CoT_0\.json: holds 1 teacher outputs"):

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from dss_keras import recipes
+from dss_keras import cli, experiments
 from dss_keras.config import TrainConfig
+from dss_keras.data import load
+from dss_keras.training import load_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "official" / "good"
@@ -39,7 +41,7 @@ def load_recipe(name: str):
 def run(name: str, data_dir, run_dir, *flags):
     module = load_recipe(name)
     argv = ["--data-dir", str(data_dir), "--run-dir", str(run_dir), *TINY_FLAGS, *flags]
-    assert recipes.main(module.get_config(), argv) == 0
+    assert cli.run_recipe(module.get_config(), argv) == 0
     with open(Path(run_dir) / "results.json", encoding="utf-8") as f:
         return json.load(f)
 
@@ -87,9 +89,10 @@ def test_recipe_default_config_is_the_papers(name):
     assert config.label_source == "gt"
     assert config.metric == name
     assert config.run_dir == os.path.join("runs", f"{name}-distill_step_by_step")
-    # The flags with only a data source give the same config.
-    options = recipes.parse_flags(recipe, ["--tfds"])
-    assert options.config == config
+    assert config.data == name
+    # No flags give the same config; --tfds reads the TFDS builder instead.
+    assert cli.parse_recipe_flags(recipe, [])[0] == config
+    assert cli.parse_recipe_flags(recipe, ["--tfds"])[0] == config.replace(data=f"tfds:{name}")
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
@@ -103,7 +106,7 @@ def test_tiny_preset_defaults():
     cqa = load_recipe("cqa").get_config().config(preset="tiny")
     assert 2000 <= cqa.vocabulary_size <= 4000
     assert cqa.max_input_length == 256
-    assert cqa.learning_rate == recipes.TINY_SETTINGS["learning_rate"]
+    assert cqa.learning_rate == experiments.TINY_SETTINGS["learning_rate"]
     assert cqa.alpha == 0.5
     svamp = load_recipe("svamp").get_config().config(preset="tiny", steps=7)
     assert svamp.steps == 7 and svamp.metric == "svamp"
@@ -114,15 +117,14 @@ def test_tiny_preset_defaults():
 
 def test_flags_named_like_config_fields(tmp_path):
     recipe = load_recipe("svamp").get_config()
-    options = recipes.parse_flags(recipe, [
-        "--tfds", "--tfds-manual-dir", "release", "--mode", "standard",
+    config, args = cli.parse_recipe_flags(recipe, [
+        "--tfds", "--data-dir", "release", "--mode", "standard",
         "--label-source", "llm", "--train-fraction", "0.25", "--preset", "t5_1.1_small",
         "--seed", "3", "--batch-size", "16", "--gradient-accumulation-steps", "4",
         "--steps", "500", "--eval-every", "50", "--learning-rate", "1e-4",
         "--run-dir", str(tmp_path / "run"), "--no-export", "--export-dir", "exports",
         "--dtype-policy", "mixed_bfloat16", "--progress", "2",
     ])
-    config = options.config
     assert (config.mode, config.label_source, config.train_fraction, config.preset) == (
         "standard", "llm", 0.25, "t5_1.1_small"
     )
@@ -130,14 +132,14 @@ def test_flags_named_like_config_fields(tmp_path):
     assert (config.steps, config.eval_every, config.learning_rate) == (500, 50, 1e-4)
     assert config.run_dir == str(tmp_path / "run")
     assert config.dtype_policy == "mixed_bfloat16"
-    assert options.source == recipes.DataSource(tfds=True, tfds_manual_dir="release")
-    assert (options.export, options.export_dir, options.verbose) == (False, "exports", 2)
+    assert (config.data, config.data_dir) == ("tfds:svamp", "release")
+    assert (args.export, args.export_dir, args.progress) == (False, "exports", "2")
 
 
 def test_data_dir_from_the_environment(monkeypatch):
     monkeypatch.setenv("DSS_DATA_DIR", str(FIXTURES))
-    options = recipes.parse_flags(load_recipe("esnli").get_config(), [])
-    assert options.source.data_dir == str(FIXTURES)
+    splits = load_splits(load_recipe("esnli").get_config().config())
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (4, 2, 1)
 
 
 DATA = ["--data-dir", str(FIXTURES)]
@@ -150,88 +152,93 @@ DATA = ["--data-dir", str(FIXTURES)]
         (DATA + ["--label-source", "human"], "invalid choice: 'human'"),
         (DATA + ["--train-fraction", "0"], "`train_fraction` must be in (0, 1]"),
         (DATA + ["--train-fraction", "1.5"], "`train_fraction` must be in (0, 1]"),
-        (DATA + ["--steps", "0"], "`steps` must be at least 1"),
+        (DATA + ["--steps", "0"], "`steps` must be a whole number, at least 1"),
         (DATA + ["--steps", "ten"], "invalid int value: 'ten'"),
         (DATA + ["--alpha", "2"], "`alpha` must be in [0, 1]"),
-        (DATA + ["--batch-size", "0"], "`batch_size` must be at least 1"),
-        (DATA + ["--hidden-dim", "32"], "--hidden-dim shape the tiny model only"),
+        (DATA + ["--batch-size", "0"], "`batch_size` must be a whole number, at least 1"),
+        (DATA + ["--hidden-dim", "32"], "hidden_dim shape the tiny model only"),
         (DATA + ["--stepz", "3"], "unrecognized arguments: --stepz"),
-        (DATA + ["--tfds-manual-dir", "x"], "need `tfds=True`"),
-        (["--tfds", "--data-dir", "x"], "either --data-dir or --tfds"),
+        (DATA + ["--train-file", "x.jsonl"], "unrecognized arguments: --train-file"),
+        (DATA + ["--metric", "exact_match"], "unrecognized arguments: --metric"),
+        (DATA + ["--mode", "standard", "--alpha", "0.3"], "mode 'standard' trains the label"),
     ],
 )
 def test_bad_flags_exit_with_a_message(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        recipes.parse_flags(load_recipe("esnli").get_config(), argv)
+        cli.parse_recipe_flags(load_recipe("esnli").get_config(), argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
 
-def test_missing_or_wrong_data_dir(capsys, monkeypatch, tmp_path):
+def test_missing_or_wrong_data_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("DSS_DATA_DIR", raising=False)
     recipe = load_recipe("cqa").get_config()
-    with pytest.raises(SystemExit):
-        recipes.parse_flags(recipe, [])
-    assert "pass --data-dir DIR" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        recipes.parse_flags(recipe, ["--data-dir", str(tmp_path)])
-    assert "no folder cqa/" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"pass its folder as `data_dir` \(--data-dir\)"):
+        load_splits(recipe.config())
+    with pytest.raises(FileNotFoundError, match="no folder cqa/"):
+        load_splits(recipe.config(data_dir=str(tmp_path)))
 
 
 def test_unknown_benchmark_and_bad_settings():
     with pytest.raises(ValueError, match="Unknown benchmark.*esnli, anli1, cqa, svamp.*'squad'"):
-        recipes.BenchmarkRecipe("squad")
+        experiments.BenchmarkRecipe("squad")
     with pytest.raises(ValueError, match="did you mean 'learning_rate'"):
-        recipes.BenchmarkRecipe("cqa", settings={"learnig_rate": 1e-4})
+        experiments.BenchmarkRecipe("cqa", settings={"learnig_rate": 1e-4})
     with pytest.raises(ValueError, match="sets metric itself"):
-        recipes.BenchmarkRecipe("cqa", settings={"metric": "exact_match"})
+        experiments.BenchmarkRecipe("cqa", settings={"metric": "exact_match"})
+    with pytest.raises(ValueError, match="sets data itself"):
+        experiments.BenchmarkRecipe("cqa", settings={"data": "svamp"})
     with pytest.raises(ValueError, match="alpha"):
-        recipes.BenchmarkRecipe("cqa", tiny={"alpha": 3.0}).config(preset="tiny")
+        experiments.BenchmarkRecipe("cqa", tiny={"alpha": 3.0}).config(preset="tiny")
+    recipe = experiments.BenchmarkRecipe("cqa")
     with pytest.raises(ValueError, match="its own metric"):
-        recipe = recipes.BenchmarkRecipe("cqa")
-        recipes.run_recipe(recipe, recipe.config().replace(metric="svamp"),
-                           recipes.DataSource(str(FIXTURES)))
+        experiments.run_experiment(recipe, recipe.config().replace(metric="svamp"))
+    with pytest.raises(ValueError, match="reads its own benchmark"):
+        experiments.run_experiment(recipe, recipe.config().replace(data="svamp",
+                                                                    metric="cqa"))
 
 
-def test_data_source_needs_exactly_one_origin():
-    with pytest.raises(ValueError, match="either a release folder"):
-        recipes.DataSource()
-    with pytest.raises(ValueError, match="either a release folder"):
-        recipes.DataSource("datasets", tfds=True)
+def test_config_takes_one_data_source():
+    with pytest.raises(ValueError, match="either `data`"):
+        TrainConfig(data="cqa", train_file="train.jsonl")
+    with pytest.raises(ValueError, match="`data_dir` must be unset"):
+        TrainConfig(train_file="train.jsonl", data_dir="release")
+    with pytest.raises(ValueError, match="brings its validation split"):
+        TrainConfig(data="cqa", validation_fraction=0.2)
 
 
 def test_doctests():
-    result = doctest.testmod(recipes, optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(experiments, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
 
 
 def test_previous_export_is_found_only_if_it_exists(tmp_path):
     results_path = str(tmp_path / "results.json")
-    assert recipes._previous_export(results_path) is None
+    assert experiments._previous_export(results_path) is None
     for export, found in [(None, None), ({"skipped": "no module"}, None),
                           ({"path": str(tmp_path / "gone")}, None),
                           ({"path": str(tmp_path)}, str(tmp_path))]:
         (tmp_path / "results.json").write_text(json.dumps({"export": export}))
-        assert recipes._previous_export(results_path) == found
+        assert experiments._previous_export(results_path) == found
 
 
 def test_export_is_skipped_when_the_module_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "dss_keras.export", None)  # import raises ImportError
-    exporter, reason = recipes._exporter()
+    exporter, reason = experiments._exporter()
     assert exporter is None and "not available" in reason
 
 
-def test_tfds_source_reads_the_same_records_as_the_release(tmp_path):
+def test_tfds_source_reads_the_same_records_as_the_release(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow_datasets")
     from dss_keras.data.tfds.dss_svamp import dss_svamp_dataset_builder
 
-    manual_dir = Path(dss_svamp_dataset_builder.__file__).parent / "dummy_data"
-    from_tfds = recipes.DataSource(
-        tfds=True, tfds_manual_dir=str(manual_dir), tfds_data_dir=str(tmp_path)
-    ).load("svamp")
-    from_release = recipes.DataSource(str(manual_dir)).load("svamp")
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    manual_dir = str(Path(dss_svamp_dataset_builder.__file__).parent / "dummy_data")
+    from_tfds = load("tfds:svamp", data_dir=manual_dir)
+    from_release = load("svamp", data_dir=manual_dir)
     assert from_tfds == from_release
-    assert [len(from_tfds[split]) for split in ("train", "valid", "test")] == [9, 1, 3]
+    assert [len(s) for s in (from_tfds.train, from_tfds.validation, from_tfds.test)] == [9, 1, 3]
+    assert os.listdir(tmp_path)  # prepared into TFDS_DATA_DIR
 
 
 # --- tiny end-to-end runs ------------------------------------------------------
@@ -249,7 +256,7 @@ def test_esnli_recipe_on_fixtures(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_anli1_recipe_on_fixtures_exports_once(tmp_path, capsys):
-    exporter, reason = recipes._exporter()
+    exporter, reason = experiments._exporter()
     flags = ["--steps", "2", "--batch-size", "4", "--vocabulary-size", "120",
              "--label-source", "llm", "--export-dir", str(tmp_path / "saved_models")]
     results = run("anli1", FIXTURES, tmp_path / "run", *flags)
@@ -263,7 +270,7 @@ def test_anli1_recipe_on_fixtures_exports_once(tmp_path, capsys):
     assert path == str(tmp_path / "saved_models" / "anli1-distill_step_by_step" / "1")
     assert os.path.isdir(path)
     # Rerunning the finished run finds this export and does not export again.
-    assert recipes._previous_export(str(tmp_path / "run" / "results.json")) == path
+    assert experiments._previous_export(str(tmp_path / "run" / "results.json")) == path
 
 
 @pytest.mark.slow

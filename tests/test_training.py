@@ -6,6 +6,7 @@ import pytest
 
 from dss_keras import cli, testing
 from dss_keras.config import TrainConfig
+from dss_keras.data import Splits
 from dss_keras.data.records import write_jsonl
 from dss_keras.training import train
 
@@ -38,7 +39,7 @@ def test_config_json_round_trip(tmp_path):
 def test_train_writes_the_run_directory_and_resumes(tmp_path):
     config = TrainConfig(run_dir=str(tmp_path / "run"), **TINY)
     records = testing.toy_records(24)
-    result = train(config, records[:16], records[16:20], records[20:], verbose=0)
+    result = train(config, Splits(records[:16], records[16:20], records[20:]), verbose=0)
     files = set(os.listdir(config.run_dir))
     assert {"config.json", "metrics.json", "model.keras", "vocabulary.spm", "logs"} <= files
     assert "backup" not in files  # removed once training finished
@@ -49,12 +50,12 @@ def test_train_writes_the_run_directory_and_resumes(tmp_path):
     assert "val_label_accuracy" in metrics["history"]
     assert len(metrics["history"]["loss"]) == 2
     # The same config on the same directory returns the finished run.
-    again = train(config, records[:16], verbose=0)
+    again = train(config, Splits(records[:16], [], []), verbose=0)
     assert again.metrics == metrics
     assert isinstance(again.model, keras.Model)
     # Another config there is refused, never overwritten.
     with pytest.raises(ValueError, match="alpha differ"):
-        train(config.replace(alpha=0.1), records[:16], verbose=0)
+        train(config.replace(alpha=0.1), Splits(records[:16], [], []), verbose=0)
 
 
 @pytest.mark.slow
@@ -68,7 +69,7 @@ def test_train_resumes_after_a_crash(tmp_path):
                 raise RuntimeError("simulated crash")
 
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(config, records, callbacks=[Crash()], verbose=0)
+        train(config, Splits(records, [], []), callbacks=[Crash()], verbose=0)
     assert os.path.isdir(tmp_path / "run" / "backup")
     assert not os.path.exists(tmp_path / "run" / "metrics.json")
 
@@ -79,7 +80,7 @@ def test_train_resumes_after_a_crash(tmp_path):
             self.epochs.append(epoch)
 
     counter = CountEpochs()
-    result = train(config, records, callbacks=[counter], verbose=0)
+    result = train(config, Splits(records, [], []), callbacks=[counter], verbose=0)
     assert counter.epochs == [2]  # the two finished periods are not redone
     assert int(result.model.optimizer.iterations) == 6
 

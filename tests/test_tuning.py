@@ -19,8 +19,10 @@ import time
 import keras_tuner
 import pytest
 
-from dss_keras import testing, tuning
+from dss_keras import cli, testing, tuning
 from dss_keras.config import TrainConfig
+from dss_keras.data import Splits
+from dss_keras.training import load_splits
 
 TINY = dict(
     hidden_dim=16, intermediate_dim=32, num_layers=1, num_heads=2, vocabulary_size=120,
@@ -58,8 +60,11 @@ def hypermodel(**kwargs):
     options = dict(alphas=[0.5], train_fractions=[0.5, 1.0],
                    modes=["distill_step_by_step", "standard"])
     options.update(kwargs)
-    return EagerHyperModel(TrainConfig(**TINY), testing.toy_records(32),
-                           testing.toy_records(8, seed=1), **options)
+    return EagerHyperModel(TrainConfig(**TINY), toy_splits(), **options)
+
+
+def toy_splits():
+    return Splits(testing.toy_records(32), testing.toy_records(8, seed=1), [])
 
 
 def key(values):
@@ -112,8 +117,8 @@ def test_invalid_choices_are_rejected():
         hypermodel(train_fractions=[0.0])
     with pytest.raises(ValueError, match="modes"):
         hypermodel(modes=["distill"])
-    with pytest.raises(ValueError, match="validation_records"):
-        tuning.DSSHyperModel(TrainConfig(), testing.toy_records(4), [])
+    with pytest.raises(ValueError, match="needs validation records"):
+        tuning.DSSHyperModel(TrainConfig(), Splits(testing.toy_records(4), [], []))
 
 
 def test_trial_subset_is_deterministic_and_nested():
@@ -185,7 +190,7 @@ def test_reports_csv_json_and_plots(searched):
 
 def test_report_only_cli(searched, capsys):
     project = searched[0]
-    assert tuning.main(["--report-only", "--project-dir", project, "--no-plots",
+    assert cli.main(["tune", "--report-only", "--project-dir", project, "--no-plots",
                         "--target-accuracy", "0.99"]) == 0
     output = capsys.readouterr().out
     assert "3 trials: 3 completed" in output
@@ -239,15 +244,33 @@ def test_bayesian_search_needs_its_extras(tmp_path):
 
 
 def test_cli_flags_parse_into_a_base_config():
-    args = tuning.build_parser().parse_args(
-        ["--word-problems", "40", "--alphas", "0.2,0.4", "--train-fractions", "0.5,1",
-         "--modes", "distill_step_by_step,standard", "--steps", "7", "--hidden-dim", "8",
-         "--search", "grid", "--target-accuracy", "0.5"])
+    args = cli.build_parser().parse_args(
+        ["tune", "--data", "word_problems:40", "--alphas", "0.2,0.4", "--train-fractions",
+         "0.5,1", "--modes", "distill_step_by_step,standard", "--steps", "7",
+         "--hidden-dim", "8", "--search", "grid", "--target-accuracy", "0.5"])
     assert (args.alphas, args.train_fractions, args.steps, args.hidden_dim) == (
         [0.2, 0.4], [0.5, 1.0], 7, 8)
     assert not hasattr(args, "alpha") and not hasattr(args, "run_dir")
-    train, valid = tuning._load_records(args, TrainConfig())
-    assert (len(train), len(valid)) == (36, 4)
+    splits = load_splits(TrainConfig.from_args(args))
+    assert (len(splits.train), len(splits.validation)) == (36, 4)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--alpha", "0.3"], "unrecognized arguments: --alpha"),
+    (["--validation-fraction", "0"], "needs validation records"),
+    (["--modes", "distill"], "unknown mode 'distill'"),
+])
+def test_cli_rejects_flags_that_a_trial_would_not_honour(flags, message, tmp_path, capsys):
+    argv = ["tune", "--data", "word_problems:20", "--project-dir", str(tmp_path / "p"), *flags]
+    try:
+        cli.main(argv)
+    except SystemExit as exit_info:
+        assert exit_info.code == 2
+        assert message in capsys.readouterr().err
+    except ValueError as error:
+        assert message in str(error)
+    else:
+        pytest.fail("no error")
 
 
 # --- distributed: a chief and two workers over loopback ----------------------------------
@@ -256,6 +279,7 @@ WORKER_SCRIPT = textwrap.dedent("""
     import os, sys
     from dss_keras import testing, tuning
     from dss_keras.config import TrainConfig
+    from dss_keras.data import Splits
 
     class EagerHyperModel(tuning.DSSHyperModel):
         def build(self, hp):
@@ -268,7 +292,7 @@ WORKER_SCRIPT = textwrap.dedent("""
             return super().fit(hp, model, *args, **kwargs)
 
     model = EagerHyperModel(
-        TrainConfig(**{tiny!r}), testing.toy_records(32), testing.toy_records(8, seed=1),
+        TrainConfig(**{tiny!r}), Splits(testing.toy_records(32), testing.toy_records(8, seed=1), []),
         alphas=[0.5], train_fractions=[0.5, 1.0], modes=["distill_step_by_step", "standard"])
     report = tuning.tune(model, sys.argv[1], search="grid", max_trials=3)
     print("DONE", "no report" if report is None else len(report.rows), flush=True)
@@ -322,3 +346,30 @@ def test_distributed_search_chief_and_two_workers(tmp_path):
         trials = json.load(f)["trials"]
     assert [t["status"] for t in trials] == ["COMPLETED"] * 3
     assert len({(t["mode"], t["train_fraction"]) for t in trials}) == 3
+
+
+@pytest.mark.slow
+def test_a_tuned_trial_is_reproduced_by_dss_keras_train(tmp_path, capsys):
+    """`dss-keras train` with a trial's values: the same vocabulary file, the same accuracy."""
+    base = ["--data", "word_problems:48", "--validation-fraction", "0.25",
+            *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]]
+    project = tmp_path / "project"
+    assert cli.main(["tune", *base, "--project-dir", str(project), "--search", "grid",
+                     "--alphas", "0.3", "--train-fractions", "0.5", "--seeds", "4",
+                     "--learning-rates", "0.003", "--no-plots"]) == 0
+    with open(project / "trials.json") as f:
+        (trial,) = json.load(f)["trials"]
+    assert trial["status"] == "COMPLETED"
+
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", *base, "--run-dir", str(run_dir), "--mode", trial["mode"],
+                     "--alpha", str(trial["alpha"]), "--train-fraction",
+                     str(trial["train_fraction"]), "--seed", str(trial["seed"]),
+                     "--learning-rate", str(trial["learning_rate"])]) == 0
+    assert (run_dir / "vocabulary.spm").read_bytes() == (project / "vocabulary.spm").read_bytes()
+    with open(run_dir / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["data"]["num_examples"] == trial["train_examples"] == 18
+    assert metrics["validation"]["accuracy"] == pytest.approx(trial["val_label_accuracy"])
+    assert metrics["history"]["val_label_accuracy"][-1] == pytest.approx(
+        trial["val_label_accuracy"])

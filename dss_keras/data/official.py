@@ -46,6 +46,7 @@ import re
 from typing import Callable, Mapping, Sequence
 
 from dss_keras import metrics
+from dss_keras.config import BENCHMARKS
 from dss_keras.data import splits
 from dss_keras.data.records import Record, RecordError, iter_json_lines
 from dss_keras.data.teacher_outputs import (
@@ -118,7 +119,7 @@ class OfficialBenchmark:
     example: Callable[[dict, str, int, str], tuple[str, str]]
 
 
-BENCHMARKS: Mapping[str, OfficialBenchmark] = {
+SPECS: Mapping[str, OfficialBenchmark] = {
     "esnli": OfficialBenchmark("esnli", ("train", "valid", "test"), 5500, _nli_example),
     "anli1": OfficialBenchmark("anli1", ("train", "valid", "test"), 5000, _nli_example),
     "cqa": OfficialBenchmark("cqa", ("train", "test"), 1000, _cqa_example),
@@ -132,7 +133,7 @@ def get_benchmark(name: str) -> OfficialBenchmark:
             f"Unknown benchmark; expected one of {', '.join(BENCHMARKS)}. "
             f"Received: name={name!r}"
         )
-    return BENCHMARKS[name]
+    return SPECS[name]
 
 
 def _missing(path: str, what: str) -> FileNotFoundError:

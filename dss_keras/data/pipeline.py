@@ -21,12 +21,12 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from dss_keras.config import MODES
 from dss_keras.data.records import Record, check_label_source
 from dss_keras.preprocessor import TASKS, MultiTaskPreprocessor
 
 logger = logging.getLogger(__name__)
 
-MODES = ("distill_step_by_step", "standard")
 _MODEL_INPUTS = (
     "encoder_token_ids",
     "encoder_padding_mask",

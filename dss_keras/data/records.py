@@ -22,7 +22,8 @@ import json
 import os
 from typing import Iterable, Iterator, Sequence
 
-LABEL_SOURCES = ("gt", "llm")
+from dss_keras.config import LABEL_SOURCES
+
 
 _REQUIRED_STRING_FIELDS = ("id", "input", "label")
 _OPTIONAL_STRING_FIELDS = ("rationale", "llm_label")

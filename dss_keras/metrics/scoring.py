@@ -28,6 +28,8 @@ import unicodedata
 import warnings
 from typing import Sequence
 
+from dss_keras.config import BENCHMARKS as _BENCHMARK_NAMES
+
 # Limits of `evaluate_arithmetic`: longer text, larger numbers or larger
 # intermediate results give no value.
 MAX_EXPRESSION_LENGTH = 256
@@ -37,8 +39,9 @@ REL_TOL = 1e-6
 ABS_TOL = 1e-9
 
 # Benchmark names, and the metric names for other data.
-EXACT_MATCH_BENCHMARKS = ("exact_match", "cqa", "esnli", "anli1")
 EQUATION_BENCHMARKS = ("equation", "svamp")
+EXACT_MATCH_BENCHMARKS = ("exact_match",) + tuple(
+    name for name in _BENCHMARK_NAMES if name not in EQUATION_BENCHMARKS)
 BENCHMARKS = EXACT_MATCH_BENCHMARKS + EQUATION_BENCHMARKS
 
 # Text with any other character has no value, before it is even parsed.

@@ -1,0 +1,41 @@
+"""Files written whole or not at all: a reader never sees half of one.
+
+Each write goes to a temporary file beside the target (named after the
+process, so that processes writing the same file do not collide), is flushed
+to disk, and is renamed over the target.
+
+Examples:
+
+>>> import json, os, tempfile
+>>> path = os.path.join(tempfile.mkdtemp(), "metrics.json")
+>>> write_json(path, {"accuracy": 0.5})
+>>> json.load(open(path))
+{'accuracy': 0.5}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes `data` to `path` atomically."""
+    path = os.fspath(path)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Writes `data` as indented, key-sorted JSON to `path` atomically."""
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    write_bytes(path, text.encode("utf-8"))

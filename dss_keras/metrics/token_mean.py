@@ -1,0 +1,32 @@
+"""`TokenMean`: the Keras metric behind the token-mean losses and accuracies."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="dss_keras")
+class TokenMean(keras.metrics.Metric):
+    """A mean over tokens: accumulates a sum and a token count, divides once.
+
+    Under a `tf.distribute` strategy both accumulators are summed over the
+    replicas when read, so the result is the mean over all tokens of all
+    replicas, not a mean of per-replica means.
+    """
+
+    def __init__(self, name: str = "token_mean", dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        self.total = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="total")
+        self.count = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="count")
+
+    def update_state(self, total, count):
+        self.total.assign_add(tf.cast(total, "float32"))
+        self.count.assign_add(tf.cast(count, "float32"))
+
+    def result(self):
+        return tf.math.divide_no_nan(self.total, self.count)
+
+    def reset_state(self):
+        self.total.assign(0.0)
+        self.count.assign(0.0)

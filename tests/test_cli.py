@@ -1,0 +1,110 @@
+"""The command line: every flag of `train`, `tune` and the recipes is honoured or refused."""
+
+import argparse
+import dataclasses
+
+import pytest
+
+from dss_keras import cli, experiments
+from dss_keras.config import TrainConfig
+
+# A value other than the default for every TrainConfig field.
+OTHER_VALUES = {
+    "data": "word_problems", "data_dir": "release", "train_file": "train.jsonl",
+    "validation_file": "valid.jsonl", "test_file": "test.jsonl", "label_source": "llm",
+    "train_fraction": "0.5", "validation_fraction": "0.2", "preset": "t5_1.1_small",
+    "vocabulary_size": "700", "hidden_dim": "32", "num_layers": "3", "num_heads": "2",
+    "intermediate_dim": "96", "dropout": "0.1", "mode": "standard", "alpha": "0.3",
+    "label_prefix": "label: ", "rationale_prefix": "why: ", "max_input_length": "99",
+    "max_label_length": "9", "max_rationale_length": "77", "batch_size": "7",
+    "learning_rate": "0.02", "weight_decay": "0.01", "steps": "33", "eval_every": "11",
+    "gradient_accumulation_steps": "2", "dtype_policy": "mixed_bfloat16",
+    "jit_compile": "true", "seed": "5", "metric": "equation", "eval_batch_size": "17",
+    "run_dir": "runs/other",
+}
+
+
+def flag_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The flags of `parser` that set a TrainConfig field."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return [a for a in parser._actions if a.option_strings and a.dest in names]
+
+
+def subparser(name: str) -> argparse.ArgumentParser:
+    parser = cli.build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return commands.choices[name]
+
+
+def check_every_flag(parse, parser, base: TrainConfig, capsys):
+    """Each flag alone either changes its field in the resolved config or exits with a message."""
+    actions = flag_actions(parser)
+    assert actions
+    refused = []
+    for action in actions:
+        value = OTHER_VALUES[action.dest]
+        try:
+            config = parse([action.option_strings[0], value])
+        except SystemExit as exit_info:
+            assert exit_info.code == 2
+            message = capsys.readouterr().err.strip().splitlines()[-1]
+            assert "error:" in message and len(message) > len("usage: error: "), message
+            refused.append(action.dest)
+            continue
+        assert getattr(config, action.dest) != getattr(base, action.dest), action.dest
+        assert str(getattr(config, action.dest)) == str(type(getattr(config, action.dest))(value))
+    return refused
+
+
+def test_every_train_flag_changes_the_config_or_fails_with_a_message(capsys):
+    parser = subparser("train")
+
+    def parse(argv):
+        args = cli.build_parser().parse_args(["train", *argv])
+        return cli._config(args)
+
+    refused = check_every_flag(parse, parser, TrainConfig(), capsys)
+    assert refused == ["data_dir"]  # a release folder needs a benchmark to read
+    assert {a.dest for a in flag_actions(parser)} == {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def test_train_refuses_flags_that_would_be_ignored(capsys):
+    for argv, message in [
+        (["--preset", "t5_1.1_base", "--hidden-dim", "128"], "shape the tiny model only"),
+        (["--mode", "standard", "--alpha", "0.3"], "trains the label task only"),
+        (["--data", "cqa", "--validation-file", "v.jsonl"], "it brings its splits"),
+        (["--train-file", "t.jsonl", "--data-dir", "d"], "unless `data` names a benchmark"),
+        (["--data", "cqa", "--validation-fraction", "0"], "brings its validation split"),
+        (["--stepz", "3"], "unrecognized arguments: --stepz"),
+        (["--step", "3"], "unrecognized arguments: --step"),  # no abbreviations
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            cli._config(cli.build_parser().parse_args(["train", *argv]))
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err, argv
+
+
+def test_every_tune_flag_changes_the_base_config_or_fails(capsys):
+    parser = subparser("tune")
+
+    def parse(argv):
+        return cli._config(cli.build_parser().parse_args(["tune", *argv]))
+
+    refused = check_every_flag(parse, parser, TrainConfig(), capsys)
+    assert refused == ["data_dir"]
+    tuned = {"mode", "alpha", "train_fraction", "learning_rate", "seed", "run_dir"}
+    assert {a.dest for a in flag_actions(parser)} == (
+        {f.name for f in dataclasses.fields(TrainConfig)} - tuned)
+
+
+def test_every_recipe_flag_changes_the_config_or_fails(capsys):
+    recipe = experiments.BenchmarkRecipe("cqa")
+    parser = cli.recipe_parser(recipe)
+
+    def parse(argv):
+        return cli.parse_recipe_flags(recipe, argv)[0]
+
+    refused = check_every_flag(parse, parser, recipe.config(), capsys)
+    # The tiny model's flags do not apply to the paper's preset.
+    assert sorted(refused) == ["dropout", "hidden_dim", "intermediate_dim", "num_heads",
+                               "num_layers", "vocabulary_size"]
