@@ -84,7 +84,7 @@ def vocabulary_texts(records: Sequence[Record], config: TrainConfig) -> list[str
     """The text a vocabulary trained on the fly learns from."""
     texts = [config.label_prefix + config.rationale_prefix]
     for r in records:
-        texts += [r.input, r.label] + [t for t in (r.rationale, r.llm_label) if t]
+        texts += [r.input] + [t for t in (r.label, r.rationale, r.llm_label) if t]
     return texts
 
 
