@@ -15,21 +15,16 @@ print(report)
 
 - `prompts`: templates, demonstrations and answer formats of custom tasks;
 - `backends`: OpenAI-compatible endpoints and KerasHub causal LMs;
-- `extraction`: the resumable, exactly-once loop, self-consistency, report
-  and filter.
+- `extraction`: the resumable, exactly-once loop and self-consistency;
+- `report`: the run's report and the training-file filters.
 
 Nothing here imports TensorFlow or KerasHub until the KerasHub backend is
 built (importing `dss_keras` itself does).
 """
 
 from dss_keras.teacher.backends import Backend, Generation, make_backend
-from dss_keras.teacher.extraction import (
-    FILTERS,
-    ExtractionReport,
-    extract,
-    majority_vote,
-    read_inputs,
-)
+from dss_keras.teacher.extraction import extract, majority_vote, read_inputs
+from dss_keras.teacher.report import FILTERS, ExtractionReport
 from dss_keras.teacher.prompts import (
     ANSWER_KINDS,
     TASKS,
