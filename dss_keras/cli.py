@@ -8,6 +8,8 @@
     dss-keras predict runs/mine "Dee has 10 rocks. ..."
     dss-keras export runs/mine --name mine
     dss-keras predict --saved-model saved_models/mine "Dee has 10 rocks. ..."
+    dss-keras extract --task cqa --input in.jsonl --output teacher.jsonl --model llama3.1 \\
+        --base-url http://localhost:11434/v1
     python recipes/cqa.py --data-dir path/to/datasets     (see `run_recipe`)
 
 Each subcommand parses its flags and calls one library function. `train`,
@@ -109,6 +111,84 @@ def _export(args) -> int:
     path = export_for_serving(model, args.export_dir, args.version, name=args.name)
     print(f"Exported {path}")
     return 0
+
+
+# --- extract (the teacher) -----------------------------------------------------
+
+
+def _add_extract_command(commands) -> None:
+    """`dss-keras extract`: rationales and labels from a teacher LLM (`dss_keras.teacher`)."""
+    from dss_keras.teacher.prompts import ANSWER_KINDS, TASKS
+
+    extract = _add_command(
+        commands, "extract", help="label inputs with a teacher LLM's rationales and labels")
+    extract.add_argument("--task", required=True, choices=TASKS + ("custom",))
+    extract.add_argument("--input", required=True, help="records to label (.jsonl or .csv)")
+    extract.add_argument("--output", required=True,
+                         help="teacher records (.jsonl); an existing file is resumed")
+    extract.add_argument("--backend", default="openai", choices=("openai", "keras-hub"))
+    extract.add_argument("--model", required=True,
+                         help="the endpoint's model name, or a KerasHub preset or directory")
+    extract.add_argument("--base-url", help="OpenAI-compatible endpoint (default: OpenAI)")
+    extract.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                         help="environment variable holding the API key")
+    extract.add_argument("--route", default="chat", choices=("chat", "completions"))
+    extract.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    extract.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    extract.add_argument("--max-retries", type=int, default=5)
+    extract.add_argument("--seed", type=int, help="sampling seed, where supported")
+    extract.add_argument("--batch-size", type=int, default=8, help="keras-hub: prompts per batch")
+    extract.add_argument("--demonstrations", help="custom: JSONL of {input, rationale, label}")
+    extract.add_argument("--instruction", default="", help="custom: the prompt's first line")
+    extract.add_argument("--answer-format",
+                         help=f"custom: labels a,b,c or one of {', '.join(ANSWER_KINDS)}")
+    extract.add_argument("--prompt-version", help="overrides the template's version")
+    extract.add_argument("--samples", type=int, default=1,
+                         help="completions per input; more than one votes")
+    extract.add_argument("--temperature", type=float,
+                         help="default: 0 for one sample, 0.7 for more")
+    extract.add_argument("--max-tokens", type=int, default=256)
+    extract.add_argument("--filter", default="all", choices=("all", "parsed", "gold"),
+                         help="what the training file keeps (parsed, gold: <output>.<filter>.jsonl)")
+    extract.add_argument("--limit", type=int, help="label only the first N inputs")
+    extract.add_argument("--no-progress", action="store_true", help="no progress bar")
+    extract.set_defaults(run=_extract)
+
+
+def _extract(args) -> int:
+    from dss_keras.teacher.backends.openai_compatible import TeacherError
+    from dss_keras.teacher.extraction import extract
+
+    if args.backend == "openai":
+        options = dict(base_url=args.base_url, api_key_env=args.api_key_env, route=args.route,
+                       concurrency=args.concurrency, timeout=args.timeout,
+                       max_retries=args.max_retries, seed=args.seed)
+    else:
+        options = dict(batch_size=args.batch_size, seed=args.seed)
+    try:
+        report = extract(
+            args.input, args.output, args.task, args.backend, model=args.model,
+            backend_options=options, demonstrations=args.demonstrations,
+            answer_format=args.answer_format, instruction=args.instruction,
+            prompt_version=args.prompt_version, samples=args.samples,
+            temperature=args.temperature, max_tokens=args.max_tokens, filter=args.filter,
+            limit=args.limit, progress=not args.no_progress)
+    except (TeacherError, ValueError, RuntimeError) as e:
+        raise SystemExit(f"dss-keras extract: {e}") from None
+    print(report)
+    return 0 if not report.request_failures else 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dss-keras", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model (flags = TrainConfig fields)")
+    _add_config_flags(train)
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("evaluate", help="label accuracy of a trained run")
 
 
 def _add_model_commands(commands) -> None:
@@ -335,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_commands(commands)
     _add_tune_command(commands, common)
     _add_quickstart_command(commands)
+    _add_extract_command(commands)
     return parser
 
 

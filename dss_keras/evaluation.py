@@ -72,6 +72,14 @@ def evaluate_labels(
     >>> result.num_examples, 0.0 <= result.accuracy <= 1.0
     (4, True)
     """
+    labelled = [r for r in records if r.label is not None]
+    if len(labelled) < len(records):
+        logger.warning("%d of %d records have no gold label and are not scored.",
+                       len(records) - len(labelled), len(records))
+        if not labelled:
+            raise ValueError("No record has a gold label to score against: evaluate on "
+                             "records with labels (e.g. a --validation-file).")
+        records = labelled
     predictions = model.predict_labels([r.input for r in records], batch_size=batch_size)
     result = score(metric, predictions, [r.label for r in records])
     return EvaluationResult(

@@ -42,8 +42,9 @@ class PipelineReport:
     Attributes:
         num_records: Records given.
         num_examples: Records used (those with a label from `label_source`).
-        missing_label: Records left out because `label_source="llm"` and the
-            teacher gave no label.
+        missing_label: Records left out because they have no label from
+            `label_source`: the teacher gave none (`"llm"`), or the record
+            only has a teacher label (`"gt"`).
         without_rationale: Used records that train the label task only.
     """
 
@@ -55,7 +56,7 @@ class PipelineReport:
     def __str__(self) -> str:
         return (
             f"{self.num_examples} of {self.num_records} records used; "
-            f"{self.missing_label} without a teacher label left out; "
+            f"{self.missing_label} without a label from the label source left out; "
             f"{self.without_rationale} train the label task only (no rationale)"
         )
 
@@ -121,7 +122,7 @@ def make_dataset(
     >>> sorted(x), x["label"]["encoder_token_ids"].shape[0]
     (['label', 'rationale'], 4)
     >>> print(report)
-    10 of 10 records used; 0 without a teacher label left out; 0 train the label task only (no rationale)
+    10 of 10 records used; 0 without a label from the label source left out; 0 train the label task only (no rationale)
     """
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")

@@ -4,11 +4,15 @@ A record is one training or evaluation example:
 
 ```
 {"id": "...", "input": "...", "label": "...", "rationale": "..." | null,
- "llm_label": "..." | null}
+ "llm_label": "..." | null, "teacher": {...}}
 ```
 
 `label` is the human (gold) label, `llm_label` the teacher's label and
-`rationale` the teacher's explanation. Files are validated while they are
+`rationale` the teacher's explanation. `teacher` (optional, JSON only) holds
+what `dss-keras extract` stored about the teacher's output: model, prompt
+version, sampling settings, raw completions, parse status and token usage.
+A record written by the teacher may have a null `label` (an input without a
+human label): it trains with `label_source="llm"` only. Files are validated while they are
 read: a bad record raises `RecordError` naming the file, the line and the
 field, and nothing is silently dropped.
 """
@@ -27,7 +31,9 @@ from dss_keras.config import LABEL_SOURCES
 
 _REQUIRED_STRING_FIELDS = ("id", "input", "label")
 _OPTIONAL_STRING_FIELDS = ("rationale", "llm_label")
+# The columns of a CSV file; JSON records may also carry a `teacher` object.
 FIELDS = _REQUIRED_STRING_FIELDS + _OPTIONAL_STRING_FIELDS
+JSON_FIELDS = FIELDS + ("teacher",)
 
 
 class RecordError(ValueError):
@@ -54,10 +60,13 @@ class Record:
     Args:
         id: A stable identifier, unique within a dataset.
         input: The text the student reads (without a task prefix).
-        label: The human label.
+        label: The human label, or `None` for an input that only the
+            teacher labelled (allowed in records with `teacher` output).
         rationale: The teacher's rationale, or `None` when there is none
             (no teacher output, or one that could not be parsed).
         llm_label: The teacher's label, or `None`.
+        teacher: What the teacher extraction stored about this output (see
+            `dss_keras.teacher`), or `None`. Not part of CSV files.
 
     Examples:
 
@@ -70,9 +79,10 @@ class Record:
 
     id: str
     input: str
-    label: str
+    label: str | None
     rationale: str | None = None
     llm_label: str | None = None
+    teacher: dict | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def training_label(self, label_source: str) -> str | None:
         """The label that trains the label task for `label_source`."""
@@ -80,7 +90,10 @@ class Record:
         return self.label if label_source == "gt" else self.llm_label
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["teacher"] is None:
+            del data["teacher"]
+        return data
 
 
 def check_label_source(label_source: str) -> None:
@@ -107,24 +120,33 @@ def record_from_dict(data, path: str = "<dict>", line: int = 0) -> Record:
         raise RecordError(
             path, line, None, f"expected a JSON object, received {_describe(data)}"
         )
-    unknown = sorted(set(data) - set(FIELDS))
+    unknown = sorted(set(data) - set(JSON_FIELDS))
     if unknown:
         raise RecordError(
             path,
             line,
             unknown[0],
-            f"unknown field; a record has the fields {', '.join(FIELDS)}",
+            f"unknown field; a record has the fields {', '.join(JSON_FIELDS)}",
         )
-    values = {}
+    teacher = data.get("teacher")
+    if teacher is not None and not isinstance(teacher, dict):
+        raise RecordError(
+            path, line, "teacher", f"expected an object or null, received {_describe(teacher)}"
+        )
+    values = {"teacher": teacher}
     for field in _REQUIRED_STRING_FIELDS:
         if field not in data:
             raise RecordError(path, line, field, "missing")
         value = data[field]
         if field == "id" and isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
+        if field == "label" and value is None and teacher is not None:
+            values[field] = None  # an input that only the teacher labelled
+            continue
         if not isinstance(value, str):
+            hint = " (only teacher records may have a null label)" if field == "label" else ""
             raise RecordError(
-                path, line, field, f"expected a string, received {_describe(value)}"
+                path, line, field, f"expected a string, received {_describe(value)}{hint}"
             )
         values[field] = value
     for field in _OPTIONAL_STRING_FIELDS:
@@ -237,7 +259,8 @@ def write_csv(records: Iterable[Record], path: str | os.PathLike) -> None:
     writer = csv.DictWriter(buffer, fieldnames=FIELDS)
     writer.writeheader()
     for record in records:
-        writer.writerow({k: ("" if v is None else v) for k, v in record.to_dict().items()})
+        row = record.to_dict()
+        writer.writerow({k: ("" if row[k] is None else row[k]) for k in FIELDS})
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8", newline="") as f:
         f.write(buffer.getvalue())

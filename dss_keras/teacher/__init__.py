@@ -1,0 +1,38 @@
+"""The teacher step of distilling step-by-step: rationales and labels from an LLM.
+
+Prompt a teacher with few-shot chain-of-thought demonstrations and write one
+record per input, with the teacher's `rationale` and `llm_label`, that
+`dss-keras train` reads as it is:
+
+```python
+from dss_keras import teacher
+
+report = teacher.extract(
+    "inputs.jsonl", "teacher.jsonl", task="cqa", backend="openai",
+    model="llama3.1", backend_options={"base_url": "http://localhost:11434/v1"})
+print(report)
+```
+
+- `prompts`: templates, demonstrations and answer formats of custom tasks;
+- `backends`: OpenAI-compatible endpoints and KerasHub causal LMs;
+- `extraction`: the resumable, exactly-once loop and self-consistency;
+- `report`: the run's report and the training-file filters.
+
+Nothing here imports TensorFlow or KerasHub until the KerasHub backend is
+built (importing `dss_keras` itself does).
+"""
+
+from dss_keras.teacher.backends import Backend, Generation, make_backend
+from dss_keras.teacher.extraction import extract, majority_vote, read_inputs
+from dss_keras.teacher.report import FILTERS, ExtractionReport
+from dss_keras.teacher.prompts import (
+    ANSWER_KINDS,
+    TASKS,
+    Demonstration,
+    Prompt,
+    PromptTemplate,
+    custom_answer_format,
+    custom_template,
+    get_template,
+    read_demonstrations,
+)
