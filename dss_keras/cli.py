@@ -70,7 +70,7 @@ def _load_model(run_dir: str):
 
     path = run_dir if run_dir.endswith(".keras") else os.path.join(run_dir, "model.keras")
     if not os.path.exists(path):
-        raise SystemExit(f"No trained model at {path}: train one with `dss-keras train`.")
+        raise FileNotFoundError(f"{path}: no trained model here; train one with `dss-keras train`.")
     return keras.models.load_model(path)
 
 
@@ -84,13 +84,34 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _utf8_texts(args) -> list[str]:
+    """The texts to predict, from the arguments or standard input; they must be UTF-8."""
+    if args.texts:
+        texts = list(args.texts)
+        for number, text in enumerate(texts, start=1):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                args.parser.error(f"text argument {number} is not valid UTF-8")
+        return texts
+    texts = []
+    for number, raw in enumerate(sys.stdin.buffer, start=1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise ValueError(f"<stdin>:{number}: not valid UTF-8") from None
+        if line.strip():
+            texts.append(line)
+    return texts
+
+
 def _predict(args) -> int:
     if args.saved_model and args.run_dir is not None:
         # With --saved-model there is no run directory: it was a text.
         args.texts, args.run_dir = [args.run_dir, *args.texts], None
     if not args.saved_model and not args.run_dir:
-        raise SystemExit("predict needs a run directory or --saved-model DIR")
-    texts = list(args.texts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        args.parser.error("predict needs a run directory or --saved-model DIR")
+    texts = _utf8_texts(args)
     if args.saved_model:
         from dss_keras.export import load_and_predict
 
@@ -156,7 +177,6 @@ def _add_extract_command(commands) -> None:
 
 
 def _extract(args) -> int:
-    from dss_keras.teacher.backends.openai_compatible import TeacherError
     from dss_keras.teacher.extraction import extract
 
     if args.backend == "openai":
@@ -165,30 +185,15 @@ def _extract(args) -> int:
                        max_retries=args.max_retries, seed=args.seed)
     else:
         options = dict(batch_size=args.batch_size, seed=args.seed)
-    try:
-        report = extract(
-            args.input, args.output, args.task, args.backend, model=args.model,
-            backend_options=options, demonstrations=args.demonstrations,
-            answer_format=args.answer_format, instruction=args.instruction,
-            prompt_version=args.prompt_version, samples=args.samples,
-            temperature=args.temperature, max_tokens=args.max_tokens, filter=args.filter,
-            limit=args.limit, progress=not args.no_progress)
-    except (TeacherError, ValueError, RuntimeError) as e:
-        raise SystemExit(f"dss-keras extract: {e}") from None
+    report = extract(
+        args.input, args.output, args.task, args.backend, model=args.model,
+        backend_options=options, demonstrations=args.demonstrations,
+        answer_format=args.answer_format, instruction=args.instruction,
+        prompt_version=args.prompt_version, samples=args.samples,
+        temperature=args.temperature, max_tokens=args.max_tokens, filter=args.filter,
+        limit=args.limit, progress=not args.no_progress)
     print(report)
     return 0 if not report.request_failures else 3
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dss-keras", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    train = commands.add_parser("train", help="train a model (flags = TrainConfig fields)")
-    _add_config_flags(train)
-    train.set_defaults(run=_train)
-
-    evaluate = commands.add_parser("evaluate", help="label accuracy of a trained run")
 
 
 def _add_model_commands(commands) -> None:
@@ -206,7 +211,7 @@ def _add_model_commands(commands) -> None:
     predict.add_argument("texts", nargs="*", help="inputs; read from stdin when absent")
     predict.add_argument("--saved-model", help="an exported SavedModel version directory")
     predict.add_argument("--explain", action="store_true", help="generate rationales")
-    predict.set_defaults(run=_predict)
+    predict.set_defaults(run=_predict, parser=predict)
 
     export = _add_command(commands, "export", help="write a label-only SavedModel for TF Serving")
     export.add_argument("run_dir", help="run directory (or a .keras file)")
@@ -339,6 +344,8 @@ def recipe_parser(recipe, description: str | None = None) -> argparse.ArgumentPa
         formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's logs")
+    parser.add_argument("--traceback", action="store_true",
+                        help="show the Python traceback of an error (or DSS_KERAS_TRACEBACK=1)")
     parser.add_argument("--tfds", action="store_true",
                         help=f"read the dss_{recipe.benchmark} TFDS builder (its manual_dir is "
                         "--data-dir) instead of the release folder")
@@ -383,6 +390,10 @@ def run_recipe(recipe, argv: Sequence[str] | None = None,
     """
     config, args = parse_recipe_flags(recipe, argv, description)
     _quiet(args.verbose)
+    return _reporting_errors(lambda: _run_recipe(recipe, config, args), args.traceback)
+
+
+def _run_recipe(recipe, config: TrainConfig, args) -> int:
     from dss_keras.experiments import RESULTS_FILE, run_experiment
 
     print(f"{recipe.benchmark} {config.mode}: preset {config.preset}, labels "
@@ -404,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="log at INFO level and show TensorFlow's logs")
+    common.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
+                        help="show the Python traceback of an error (or DSS_KERAS_TRACEBACK=1)")
     parser = argparse.ArgumentParser(prog="dss-keras", description=__doc__.splitlines()[0],
                                      parents=[common], allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -426,13 +439,45 @@ def _quiet(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
 
 
+def _message(error: BaseException) -> str:
+    """One line that says what went wrong, without the Python machinery."""
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    if isinstance(error, (ValueError, OSError, RuntimeError)):  # teacher errors are Runtime
+        return " ".join(str(error).split()) or type(error).__name__
+    return f"{type(error).__name__}: {error} (--traceback shows where)"
+
+
+def _reporting_errors(run, traceback: bool) -> int:
+    """Runs `run()`; a failure becomes one `dss-keras: error: ...` line and exit status 1."""
+    traceback = traceback or os.environ.get("DSS_KERAS_TRACEBACK") == "1"
+    try:
+        return run()
+    except KeyboardInterrupt:
+        if traceback:
+            raise
+        print("dss-keras: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if traceback:
+            raise
+        print(f"dss-keras: error: {_message(error)}", file=sys.stderr)
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs `dss-keras` with `argv` (`sys.argv[1:]` when `None`); returns the exit status."""
+    """Runs `dss-keras` with `argv` (`sys.argv[1:]` when `None`); returns the exit status.
+
+    Usage errors exit with status 2 (argparse's message); failures print one
+    line, `dss-keras: error: <file>:<line>: ...` where there is a place to
+    name, and return 1. `--traceback` or `DSS_KERAS_TRACEBACK=1` raises them
+    instead.
+    """
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     args.verbose = getattr(args, "verbose", False)
     _quiet(args.verbose)
-    return args.run(args)
+    return _reporting_errors(lambda: args.run(args), getattr(args, "traceback", False))
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ TINY_ONLY_FIELDS = frozenset(
 
 DEFAULT_VALIDATION_FRACTION = 0.1
 
+_PATH_FIELDS = ("data_dir", "train_file", "validation_file", "test_file", "preset", "run_dir")
+
 _POSITIVE_INTS = (
     "vocabulary_size", "hidden_dim", "num_layers", "num_heads", "intermediate_dim",
     "max_input_length", "max_label_length", "max_rationale_length", "batch_size", "steps",
@@ -208,6 +210,18 @@ class TrainConfig:
     def source(self) -> str | None:
         """What `dss_keras.data.load` reads: `data` or `train_file`."""
         return self.data if self.data is not None else self.train_file
+
+    def resolved(self) -> "TrainConfig":
+        """A copy whose paths are absolute and resolved: the form a run directory saves.
+
+        `runs/base` and `./runs/base` then name the same run.
+        """
+        changes = {}
+        for name in _PATH_FIELDS:
+            value = getattr(self, name)
+            if value and (name != "preset" or os.path.isdir(value)):
+                changes[name] = os.path.realpath(os.path.expanduser(value))
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

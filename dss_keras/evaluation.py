@@ -49,6 +49,23 @@ def score(metric: Metric, predictions: Sequence[str], references: Sequence[str])
     return metrics_lib.score_predictions(metric, predictions, references)
 
 
+def check_references(metric: Metric, records: Sequence[Record]) -> None:
+    """Checks that every gold label can be scored by `metric`, before any generation.
+
+    Raises:
+        ValueError: naming the record's file and line, e.g. a SVAMP gold
+            equation without a value.
+    """
+    if callable(metric) or metric not in metrics_lib.EQUATION_BENCHMARKS:
+        return
+    for record in records:
+        if record.label is not None and metrics_lib.evaluate_arithmetic(record.label) is None:
+            raise ValueError(
+                f'{record.where()}: field "label": the gold equation {record.label!r} has no '
+                f"value, so metric {metric!r} cannot score it"
+            )
+
+
 def evaluate_labels(
     model,
     records: Sequence[Record],
@@ -80,6 +97,7 @@ def evaluate_labels(
             raise ValueError("No record has a gold label to score against: evaluate on "
                              "records with labels (e.g. a --validation-file).")
         records = labelled
+    check_references(metric, records)
     predictions = model.predict_labels([r.input for r in records], batch_size=batch_size)
     result = score(metric, predictions, [r.label for r in records])
     return EvaluationResult(

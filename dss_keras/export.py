@@ -31,6 +31,7 @@ from typing import Iterable
 import tensorflow as tf
 
 from dss_keras import decoding
+from dss_keras.files import process_alive
 
 SIGNATURES = {"serving_default": "label", "explain": "rationale"}
 METADATA_PATH = os.path.join("assets.extra", "dss_keras.json")
@@ -140,8 +141,10 @@ def export_for_serving(
 
     The write is atomic: the SavedModel is written into a temporary directory
     beside the versions (its name is not a number, so TF Serving ignores it),
-    checked for XLA ops (`verify_saved_model`), and then renamed to
-    `<export_dir>/<version>`. An existing version is never replaced.
+    checked for XLA ops (`verify_saved_model`), made world-readable (0755
+    folders, 0644 files) and then renamed to `<export_dir>/<version>`. An
+    existing version is never replaced. Staging folders left by exports that
+    died are removed.
 
     Args:
         model: A `DistillStepByStep` model, or any object with `seq2seq_lm`
@@ -180,7 +183,8 @@ def export_for_serving(
     module = ServingModule(
         model.seq2seq_lm, model.preprocessor, stop_at_end_token=stop_at_end_token
     )
-    staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)
+    _remove_abandoned_staging(export_dir)
+    staging = tempfile.mkdtemp(prefix=f".tmp-{version}-{os.getpid()}-", dir=export_dir)
     try:
         tf.saved_model.save(
             module,
@@ -190,12 +194,35 @@ def export_for_serving(
         )
         verify_saved_model(staging)
         _write_metadata(staging, model, version, stop_at_end_token)
+        _make_world_readable(staging)
         _refuse_existing(target, version)
         os.rename(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _make_world_readable(path: str) -> None:
+    """0755 folders and 0644 files, like any model directory (TF Serving may run as another user)."""
+    os.chmod(path, 0o755)
+    for folder, names, files in os.walk(path):
+        for name in names:
+            os.chmod(os.path.join(folder, name), 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644)
+
+
+def _remove_abandoned_staging(export_dir: str) -> None:
+    """Removes staging folders (`.tmp-<version>-<pid>-...`) whose export process is gone."""
+    for name in os.listdir(export_dir):
+        parts = name.split("-")
+        if not name.startswith(".tmp-") or len(parts) < 4 or not parts[2].isdigit():
+            continue
+        pid = int(parts[2])
+        if pid != os.getpid() and process_alive(pid):
+            continue
+        shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
 
 
 def next_version(export_dir: str | os.PathLike) -> int:

@@ -39,3 +39,14 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     """Writes `data` as indented, key-sorted JSON to `path` atomically."""
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"
     write_bytes(path, text.encode("utf-8"))
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (staging folders name their writer)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

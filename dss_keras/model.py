@@ -222,6 +222,9 @@ class DistillStepByStep(keras.Model):
     ) -> list[str]:
         """Greedy generation for raw inputs (the task prefix is added here)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a whole number, at least 1. "
+                             f"Received: batch_size={batch_size!r}")
         generate = self._generate_function(task)
         outputs = []
         for start in range(0, len(texts), batch_size):

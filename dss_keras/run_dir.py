@@ -1,17 +1,20 @@
 """The run directory: what a training run leaves on disk, and how it resumes.
 
 ```
-config.json         the resolved TrainConfig
+config.json         the resolved TrainConfig (paths absolute)
 vocabulary.spm      the tiny model's vocabulary (see dss_keras.vocabulary)
-backup/             Keras BackupAndRestore state while training (a crash resumes)
+backup/             two generations of training state while training (dss_keras.backup)
 logs/               TensorBoard logs
 model.keras         the trained DistillStepByStep (weights and optimizer state)
 metrics.json        losses, label accuracies, the data report and wall time
 ```
 
-Running the same config on an existing run directory resumes it (or returns
-the finished results); a different config there is an error, never a
-deletion.
+A run directory is claimed (its `config.json` written) only once the data
+has been read and checked. Running the same config on it again resumes the
+run from its last backup, or returns the finished results. A different
+config is refused once training has started there; a directory that holds
+nothing but a claim (training never finished an evaluation period) is taken
+over by the new config. Nothing is deleted but such an abandoned claim.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 
+from dss_keras.backup import Backup
 from dss_keras.config import TrainConfig
 from dss_keras.files import write_json
 
@@ -32,45 +37,88 @@ LOGS = "logs"
 MODEL = "model.keras"
 METRICS = "metrics.json"
 
+NEW, RESUME, FINISHED = "new", "resume", "finished"
 
-def claim(config: TrainConfig) -> None:
-    """Makes `config.run_dir` this config's run, or checks that it already is.
+
+def _started(run_dir: str) -> bool:
+    """Whether training there finished a period (a backup) or the whole run."""
+    return bool(Backup(os.path.join(run_dir, BACKUP)).generations()) or any(
+        os.path.exists(os.path.join(run_dir, name)) for name in (MODEL, METRICS))
+
+
+def status(config: TrainConfig) -> str:
+    """`NEW`, `RESUME` or `FINISHED`: what `config.run_dir` holds for `config`.
 
     Raises:
-        ValueError: when the directory holds a run with another config.
+        ValueError: when the path is not a directory, or holds a started run
+            with another (or an unreadable) config.
     """
+    run_dir = config.run_dir
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ValueError(f"{run_dir}: is a file, not a run directory; pass another --run-dir.")
+    path = os.path.join(run_dir, CONFIG)
+    if not os.path.exists(path):
+        if _started(run_dir):
+            raise ValueError(f"{run_dir}: holds a run without its {CONFIG}; use a new run "
+                             "directory.")
+        return NEW
+    try:
+        saved = TrainConfig.load(path).resolved()
+    except (ValueError, TypeError, KeyError) as error:  # JSON errors are ValueErrors
+        if _started(run_dir):
+            raise ValueError(f"{path}: unreadable ({error}); use a new run directory.") from None
+        return NEW
+    if saved != config:
+        if not _started(run_dir):
+            return NEW  # an abandoned claim: taken over
+        changed = sorted(k for k, v in config.to_dict().items() if saved.to_dict()[k] != v)
+        raise ValueError(
+            f"{run_dir} holds a run with another config (fields {', '.join(changed)} "
+            "differ). Use a new run directory, or the same config to resume."
+        )
+    if all(os.path.exists(os.path.join(run_dir, n)) for n in (MODEL, METRICS)):
+        return FINISHED
+    return RESUME
+
+
+def claim(config: TrainConfig) -> None:
+    """Makes `config.run_dir` this config's run (call once the data is checked).
+
+    A claim of another config that never started training is replaced, with
+    the vocabulary and logs it left.
+    """
+    run_state = status(config)
+    os.makedirs(config.run_dir, exist_ok=True)
     path = os.path.join(config.run_dir, CONFIG)
-    if os.path.exists(path):
-        saved = TrainConfig.load(path)
-        if saved != config:
-            changed = sorted(k for k, v in config.to_dict().items() if saved.to_dict()[k] != v)
-            raise ValueError(
-                f"{config.run_dir} holds a run with another config (fields "
-                f"{', '.join(changed)} differ). Use a new run directory, or the "
-                "same config to resume."
-            )
+    if run_state == RESUME:
         logger.info("Resuming the run in %s", config.run_dir)
         return
-    os.makedirs(config.run_dir, exist_ok=True)
+    if os.path.exists(path):
+        logger.warning("%s held an abandoned claim of another config; taking it over",
+                       config.run_dir)
+        for name in (VOCABULARY, LOGS, BACKUP):
+            target = os.path.join(config.run_dir, name)
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            elif os.path.exists(target):
+                os.remove(target)
     config.save(path)
 
 
 def load_finished(run_dir: str):
-    """`(model, metrics)` of a finished run, or `None`."""
+    """`(model, metrics)` of a finished run."""
     import keras
 
-    metrics_path, model_path = os.path.join(run_dir, METRICS), os.path.join(run_dir, MODEL)
-    if not (os.path.exists(metrics_path) and os.path.exists(model_path)):
-        return None
     logger.info("%s is finished; loading its model and metrics", run_dir)
-    with open(metrics_path, encoding="utf-8") as f:
+    with open(os.path.join(run_dir, METRICS), encoding="utf-8") as f:
         metrics = json.load(f)
-    return keras.models.load_model(model_path), metrics
+    return keras.models.load_model(os.path.join(run_dir, MODEL)), metrics
 
 
 def save_finished(run_dir: str, model, metrics: dict) -> None:
-    """Saves the trained model, then the metrics (whose presence marks the end)."""
+    """Saves the trained model, then the metrics (whose presence marks the end), then drops the backup."""
     model_path = os.path.join(run_dir, MODEL)
     model.save(model_path + ".tmp.keras")
     os.replace(model_path + ".tmp.keras", model_path)
     write_json(os.path.join(run_dir, METRICS), metrics)
+    Backup(os.path.join(run_dir, BACKUP)).remove()

@@ -46,3 +46,12 @@ def tiny_seq2seq_lm(
         intermediate_dim=intermediate_dim,
         seed=seed,
     )
+
+
+def tiny_model(**kwargs):
+    """A fresh `DistillStepByStep` around `tiny_seq2seq_lm()` with short budgets."""
+    from dss_keras.model import DistillStepByStep
+
+    options = dict(max_input_length=48, max_label_length=4, max_rationale_length=16)
+    options.update(kwargs)
+    return DistillStepByStep(tiny_seq2seq_lm(), **options)

@@ -33,12 +33,13 @@ from typing import Sequence
 import keras
 
 from dss_keras import backbones, vocabulary
+from dss_keras.backup import Backup, BackupCallback
 from dss_keras.config import TINY_PRESET, TrainConfig
 from dss_keras.data import splits as splitting
 from dss_keras.data.pipeline import PipelineReport, make_dataset
 from dss_keras.data.records import Record
 from dss_keras.data.sources import Splits, load
-from dss_keras.evaluation import GenerationEvaluation, evaluate_labels
+from dss_keras.evaluation import GenerationEvaluation, check_references, evaluate_labels
 from dss_keras.model import DistillStepByStep
 
 logger = logging.getLogger(__name__)
@@ -113,16 +114,19 @@ class FitResult:
 
     Attributes:
         model: The trained model.
-        history: The Keras `History`.
+        history: The logs of every evaluation period by key, over every
+            resume of the run (one value per period, each once).
+        keras_history: The Keras `History` of this call's `model.fit`.
         report: What the training pipeline used (`PipelineReport`).
         steps: Optimizer steps trained in all (`steps` rounded up to whole
             periods of `eval_every`).
-        train_seconds: Wall time of `model.fit`.
+        train_seconds: Training wall time, over every resume of the run.
         validation: The last `val_label_accuracy` evaluation, if any.
     """
 
     model: DistillStepByStep
-    history: keras.callbacks.History
+    history: dict[str, list[float]]
+    keras_history: keras.callbacks.History
     report: PipelineReport
     steps: int
     train_seconds: float
@@ -132,6 +136,37 @@ class FitResult:
 def training_records(config: TrainConfig, train_records: Sequence[Record]) -> list[Record]:
     """The subset that trains: `train_fraction` of the split, picked by `seed`."""
     return splitting.take_fraction(train_records, config.train_fraction, seed=config.seed)
+
+
+def check_trainable(config: TrainConfig, splits: Splits) -> list[Record]:
+    """The training subset, once checked to hold what `config` trains on.
+
+    Nothing is built or written before this passes.
+
+    Raises:
+        ValueError: when no training record has a label from `label_source`;
+            when distilling step-by-step finds no rationale at all (the run
+            stops rather than train the label task alone under the name of
+            the method: use `mode="standard"` for that); when a validation
+            label cannot be scored by `metric`.
+    """
+    records = training_records(config, splits.train)
+    where = config.source or "the training records"
+    usable = [r for r in records if r.training_label(config.label_source) is not None]
+    if not usable:
+        kind = "gold" if config.label_source == "gt" else "teacher"
+        raise ValueError(
+            f"{where}: none of the {len(records)} training records has a {kind} label "
+            f"(label_source={config.label_source!r}); nothing would train."
+        )
+    if config.mode == "distill_step_by_step" and not any(r.rationale for r in usable):
+        raise ValueError(
+            f"{where}: mode 'distill_step_by_step' learns from rationales, and none of the "
+            f"{len(usable)} training records has one. Train with mode 'standard' (labels "
+            "only), or give the records the teacher's rationales."
+        )
+    check_references(config.metric, splits.validation)
+    return records
 
 
 def fit(
@@ -171,6 +206,7 @@ def fit(
     >>> result.steps, result.report.num_examples, 0 <= result.validation.accuracy <= 1
     (2, 16, True)
     """
+    records = check_trainable(config, splits)
     if model is None:
         if vocabulary_path is None:
             import tempfile
@@ -178,11 +214,21 @@ def fit(
             vocabulary_path = os.path.join(tempfile.mkdtemp(prefix="dss_keras_"),
                                            "vocabulary.spm")
         model = build_model(config, splits.train, vocabulary_path)
+    steps_per_epoch = min(config.eval_every, config.steps)
+    epochs = math.ceil(config.steps / steps_per_epoch)
+    backup = restored = None
+    if backup_dir:
+        restored = Backup(backup_dir).restore(model)
+        backup = BackupCallback(Backup(backup_dir), restored)
+    initial_epoch = restored.epoch if restored else 0
     dataset, report = make_dataset(
-        training_records(config, splits.train), model.preprocessor, mode=config.mode,
-        label_source=config.label_source, batch_size=config.batch_size, seed=config.seed,
-        repeat=True,
+        records, model.preprocessor, mode=config.mode, label_source=config.label_source,
+        batch_size=config.batch_size, seed=config.seed, repeat=True,
     )
+    if initial_epoch:
+        # The batches an uninterrupted run would see next: the order is a
+        # function of the seed, so a resumed run trains as if never stopped.
+        dataset = dataset.skip(initial_epoch * steps_per_epoch)
     logger.info("Training data: %s", report)
     run_callbacks: list = []
     validation_dataset = evaluation = None
@@ -194,25 +240,27 @@ def fit(
         evaluation = GenerationEvaluation(splits.validation, config.metric,
                                           batch_size=config.eval_batch_size)
         run_callbacks.append(evaluation)
-    if backup_dir:
-        run_callbacks.append(keras.callbacks.BackupAndRestore(backup_dir))
+    if backup is not None:
+        run_callbacks.append(backup)
     if log_dir:
         run_callbacks.append(keras.callbacks.TensorBoard(log_dir))
-    steps_per_epoch = min(config.eval_every, config.steps)
-    epochs = math.ceil(config.steps / steps_per_epoch)
     start = time.perf_counter()
-    history = model.fit(
-        dataset, epochs=epochs, steps_per_epoch=steps_per_epoch,
+    keras_history = model.fit(
+        dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, initial_epoch=initial_epoch,
         validation_data=validation_dataset, callbacks=[*run_callbacks, *callbacks],
         verbose=verbose,
     )
-    train_seconds = time.perf_counter() - start
+    if backup is not None:
+        history, train_seconds = backup.history, backup.train_seconds
+    else:
+        history = {k: [float(v) for v in vs] for k, vs in keras_history.history.items()}
+        train_seconds = time.perf_counter() - start
     validation = None
     if evaluation is not None:
         validation = evaluation.last_result or evaluate_labels(
             model, splits.validation, config.metric, config.eval_batch_size)
-    return FitResult(model, history, report, epochs * steps_per_epoch, train_seconds,
-                     validation)
+    return FitResult(model, history, keras_history, report, epochs * steps_per_epoch,
+                     train_seconds, validation)
 
 
 @dataclasses.dataclass
@@ -248,6 +296,11 @@ def train(
     Returns:
         A `TrainResult`. A finished run directory returns its saved result.
 
+    Raises:
+        ValueError: before anything is written, for data that cannot train
+            (`check_trainable`), a run directory that is a file, or one that
+            holds a started run with another config.
+
     Examples:
 
     >>> import tempfile
@@ -262,12 +315,13 @@ def train(
     """
     from dss_keras import run_dir as runs
 
-    runs.claim(config)
-    finished = runs.load_finished(config.run_dir)
-    if finished is not None:
-        model, metrics = finished
+    config = config.resolved()
+    if runs.status(config) == runs.FINISHED:
+        model, metrics = runs.load_finished(config.run_dir)
         return TrainResult(config.run_dir, model, metrics)
     splits = splits or load_splits(config)
+    check_trainable(config, splits)  # before anything is written
+    runs.claim(config)
     result = fit(
         config, splits,
         vocabulary_path=os.path.join(config.run_dir, runs.VOCABULARY),
@@ -280,7 +334,7 @@ def train(
         "data": dataclasses.asdict(result.report),
         "steps_trained": result.steps,
         "train_seconds": result.train_seconds,
-        "history": {k: [float(v) for v in vs] for k, vs in result.history.history.items()},
+        "history": result.history,
     }
     if result.validation is not None:
         metrics["validation"] = result.validation.to_dict()

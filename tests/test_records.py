@@ -83,8 +83,32 @@ def test_csv_errors_name_the_line(tmp_path):
     with pytest.raises(RecordError, match=r"data.csv:3: more cells"):
         read_csv(path)
     path.write_text("id,input\n1,x\n", encoding="utf-8")
-    with pytest.raises(RecordError, match=r'data.csv:2: field "label": missing'):
+    with pytest.raises(RecordError, match=r'data.csv:1: field "label": missing column'):
         read_csv(path)
+    # A row with a cell too few is an error, not an empty or null field.
+    path.write_text("id,input,label,rationale\n1,x,y,r\n2,x,y\n", encoding="utf-8")
+    with pytest.raises(RecordError, match=r'data.csv:3: field "rationale": missing cell'):
+        read_csv(path)
+
+
+@pytest.mark.parametrize("name", ["data.jsonl", "data.csv"])
+def test_bytes_that_are_not_utf8_name_the_line(tmp_path, name):
+    path = tmp_path / name
+    good = ('{"id": "%d", "input": "x", "label": "y"}\n' if name.endswith("jsonl")
+            else "%d,x,y\n")
+    head = "" if name.endswith("jsonl") else "id,input,label\n"
+    lines = head + "".join(good % i for i in range(1, 6))
+    path.write_bytes(lines.encode() + b'{"id": "7", "input": "caf\xe9", "label": "y"}\n'
+                     if name.endswith("jsonl") else lines.encode() + b"7,caf\xe9,y\n")
+    with pytest.raises(RecordError, match=rf"{name}:[67]: not valid UTF-8: byte 0xe9 at column"):
+        read_records(path)
+
+
+def test_records_know_where_they_were_read(tmp_path):
+    path = _write_lines(tmp_path, ['{"id": "a", "input": "x", "label": "y"}', "",
+                                   '{"id": "b", "input": "x", "label": "y"}'])
+    assert [r.where() for r in read_jsonl(path)] == [f"{path}:1", f"{path}:3"]
+    assert "origin" not in read_jsonl(path)[0].to_dict()
 
 
 def test_csv_empty_optional_cells_are_null(tmp_path):

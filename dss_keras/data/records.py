@@ -67,6 +67,8 @@ class Record:
         llm_label: The teacher's label, or `None`.
         teacher: What the teacher extraction stored about this output (see
             `dss_keras.teacher`), or `None`. Not part of CSV files.
+        origin: Where the record was read, `"path:line"` (set by the
+            readers, for error messages); not part of the record's data.
 
     Examples:
 
@@ -83,6 +85,7 @@ class Record:
     rationale: str | None = None
     llm_label: str | None = None
     teacher: dict | None = dataclasses.field(default=None, compare=False, repr=False)
+    origin: str | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def training_label(self, label_source: str) -> str | None:
         """The label that trains the label task for `label_source`."""
@@ -91,9 +94,14 @@ class Record:
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
+        del data["origin"]
         if data["teacher"] is None:
             del data["teacher"]
         return data
+
+    def where(self) -> str:
+        """`path:line` of the record, or its id when it was not read from a file."""
+        return self.origin or f"record {self.id!r}"
 
 
 def check_label_source(label_source: str) -> None:
@@ -133,7 +141,7 @@ def record_from_dict(data, path: str = "<dict>", line: int = 0) -> Record:
         raise RecordError(
             path, line, "teacher", f"expected an object or null, received {_describe(teacher)}"
         )
-    values = {"teacher": teacher}
+    values = {"teacher": teacher, "origin": f"{path}:{line}" if line else None}
     for field in _REQUIRED_STRING_FIELDS:
         if field not in data:
             raise RecordError(path, line, field, "missing")
@@ -175,14 +183,26 @@ def _check_unique_ids(records: Sequence[Record], lines: Sequence[int], path: str
         seen[record.id] = line
 
 
+def _utf8_error(path: str, line: int, text: bytes, error: UnicodeDecodeError) -> RecordError:
+    return RecordError(
+        path, line, None,
+        f"not valid UTF-8: byte 0x{text[error.start]:02x} at column {error.start + 1}; "
+        "save the file as UTF-8",
+    )
+
+
 def iter_json_lines(path: str) -> Iterator[tuple[int, object]]:
     """Yields `(line number, parsed value)` of a JSON Lines file, skipping blank lines.
 
     Raises:
-        RecordError: naming the file and line of invalid JSON.
+        RecordError: naming the file and line of invalid JSON or UTF-8.
     """
-    with open(path, encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _utf8_error(path, number, raw, e) from None
             if not text.strip():
                 continue
             try:
@@ -223,31 +243,49 @@ def write_jsonl(records: Iterable[Record], path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+def _read_text(path: str) -> str:
+    """The whole file as text; a byte that is not UTF-8 is an error naming its line."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        start = data.rfind(b"\n", 0, e.start) + 1
+        line = data.count(b"\n", 0, e.start) + 1
+        error = UnicodeDecodeError(e.encoding, data[start:], e.start - start, e.end - start,
+                                   e.reason)
+        raise _utf8_error(path, line, data[start:], error) from None
+
+
 def read_csv(path: str | os.PathLike) -> list[Record]:
     """Reads records from a CSV file with a header row.
 
-    The columns are the record fields; `rationale` and `llm_label` may be
-    absent, and an empty cell in them means null.
+    The header names the record fields: `id`, `input` and `label` must be
+    there, `rationale` and `llm_label` may be (an empty cell in them means
+    null). Every row has exactly one cell per column.
     """
     path = os.fspath(path)
     records, lines = [], []
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None:
-            raise RecordError(path, 1, None, "empty file; expected a header row")
-        for row in reader:
-            line = reader.line_num
-            if None in row:
-                raise RecordError(path, line, None, "more cells than header columns")
-            data = {
-                k: (None if k in _OPTIONAL_STRING_FIELDS and v == "" else v)
-                for k, v in row.items()
-            }
-            for field in _REQUIRED_STRING_FIELDS:
-                if data.get(field, "") is None:
-                    data[field] = ""
-            records.append(record_from_dict(data, path, line))
-            lines.append(line)
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    if reader.fieldnames is None:
+        raise RecordError(path, 1, None, "empty file; expected a header row")
+    for field in _REQUIRED_STRING_FIELDS:
+        if field not in reader.fieldnames:
+            raise RecordError(path, 1, field,
+                              f"missing column; the header is {','.join(reader.fieldnames)}")
+    for row in reader:
+        line = reader.line_num
+        if None in row:
+            raise RecordError(path, line, None, "more cells than header columns")
+        missing = [k for k, v in row.items() if v is None]
+        if missing:
+            raise RecordError(path, line, missing[0],
+                              f"missing cell: the row has {len(row) - len(missing)} cells, "
+                              f"the header {len(row)}")
+        data = {k: (None if k in _OPTIONAL_STRING_FIELDS and v == "" else v)
+                for k, v in row.items()}
+        records.append(record_from_dict(data, path, line))
+        lines.append(line)
     _check_unique_ids(records, lines, path)
     return records
 

@@ -91,6 +91,8 @@ def load(
     else:
         train = read_records(source)
         test = read_records(test_file) if test_file else []
+    if not train:
+        raise ValueError(f"{source}: no records to train on.")
     if validation_file:
         validation = read_records(validation_file)
     elif validation_fraction > 0:

@@ -12,7 +12,8 @@ class TokenMean(keras.metrics.Metric):
 
     Under a `tf.distribute` strategy both accumulators are summed over the
     replicas when read, so the result is the mean over all tokens of all
-    replicas, not a mean of per-replica means.
+    replicas, not a mean of per-replica means. Before any token is counted
+    the result is NaN.
     """
 
     def __init__(self, name: str = "token_mean", dtype=None):
@@ -25,7 +26,9 @@ class TokenMean(keras.metrics.Metric):
         self.count.assign_add(tf.cast(count, "float32"))
 
     def result(self):
-        return tf.math.divide_no_nan(self.total, self.count)
+        # No token seen (e.g. no rationale in the data): NaN, not a fake 0.0.
+        return tf.where(self.count > 0, tf.math.divide_no_nan(self.total, self.count),
+                        tf.constant(float("nan")))
 
     def reset_state(self):
         self.total.assign(0.0)

@@ -198,4 +198,6 @@ class DSSHyperModel(keras_tuner.HyperModel):
             callbacks=[_TrialInfo(examples), *(callbacks or ())],
             verbose=self.verbose if verbose is None else verbose,
         )
-        return result.history
+        history = result.keras_history
+        history.history = result.history  # every period, also those before a resume
+        return history
