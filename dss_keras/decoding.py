@@ -143,6 +143,24 @@ class Decoder:
             lambda: tf.zeros([0, settings["max_length"]], tf.int32),
         )
 
+    def generate_text(self, preprocessor, texts, task: str, stop_at_end: bool = True):
+        """Strings `[batch]` -> generated strings for one task (encode, `greedy`, decode).
+
+        The one path from text to text, used by `DistillStepByStep.generate_text`
+        and by the exported serving graph.
+        """
+        inputs = preprocessor.encode_inputs(texts, task)
+        ids = self.greedy(
+            inputs["encoder_token_ids"],
+            inputs["encoder_padding_mask"],
+            decoder_start_ids=preprocessor.decoder_start_ids,
+            end_token_id=preprocessor.end_token_id,
+            pad_token_id=preprocessor.pad_token_id,
+            max_length=preprocessor.max_target_length(task),
+            stop_at_end=stop_at_end,
+        )
+        return preprocessor.decode(ids)
+
     def _greedy(
         self,
         token_ids,

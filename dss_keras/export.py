@@ -115,18 +115,8 @@ class ServingModule(tf.Module):
     def generate(self, text, task: str) -> tf.Tensor:
         """Strings `[batch]` -> generated strings `[batch]` for one task."""
         settings = self._settings
-        pre = settings.preprocessor
-        inputs = pre.encode_inputs(text, task)
-        generated = settings.decoder.greedy(
-            inputs["encoder_token_ids"],
-            inputs["encoder_padding_mask"],
-            decoder_start_ids=pre.decoder_start_ids,
-            end_token_id=pre.end_token_id,
-            pad_token_id=pre.pad_token_id,
-            max_length=pre.max_target_length(task),
-            stop_at_end=settings.stop_at_end_token,
-        )
-        return pre.decode(generated)
+        return settings.decoder.generate_text(settings.preprocessor, text, task,
+                                              settings.stop_at_end_token)
 
 
 def export_for_serving(

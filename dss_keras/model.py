@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from dss_keras.config import MODES
-from dss_keras.decoding import greedy_decode
+from dss_keras.decoding import decoder_for
 from dss_keras.metrics.token_mean import TokenMean
 from dss_keras.preprocessor import TASKS, MultiTaskPreprocessor
 
@@ -200,19 +200,11 @@ class DistillStepByStep(keras.Model):
         if task not in self._generate_functions:
             pre = self.preprocessor
 
+            decoder = decoder_for(self.seq2seq_lm)
+
             @tf.function(reduce_retracing=True)
             def generate(texts):
-                inputs = pre.encode_inputs(texts, task)
-                ids = greedy_decode(
-                    self.seq2seq_lm,
-                    inputs["encoder_token_ids"],
-                    inputs["encoder_padding_mask"],
-                    decoder_start_ids=pre.decoder_start_ids,
-                    end_token_id=pre.end_token_id,
-                    pad_token_id=pre.pad_token_id,
-                    max_length=pre.max_target_length(task),
-                )
-                return pre.decode(ids)
+                return decoder.generate_text(pre, texts, task)
 
             self._generate_functions[task] = generate
         return self._generate_functions[task]
