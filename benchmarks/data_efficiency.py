@@ -51,8 +51,6 @@ import sys
 import time
 from typing import Callable
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "dss_official")
@@ -393,6 +391,9 @@ def main(argv=None) -> int:
                         help="keep each finished run's directory (model, logs)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
+    from dss_keras.quiet import quiet_tensorflow
+
+    quiet_tensorflow()
     logging.basicConfig(level=logging.WARNING)
     os.makedirs(args.out, exist_ok=True)
     specs = []
