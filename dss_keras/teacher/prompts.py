@@ -40,6 +40,7 @@ import re
 from importlib import resources
 from typing import Sequence
 
+from dss_keras.config import BENCHMARKS
 from dss_keras.data.teacher_outputs import (
     AnswerFormat,
     ParsedOutput,
@@ -47,7 +48,8 @@ from dss_keras.data.teacher_outputs import (
     parse_teacher_output,
 )
 
-TASKS = ("cqa", "svamp", "esnli", "anli1")
+TASKS = BENCHMARKS
+"""Tasks with a built-in template: the paper's benchmarks."""
 # Custom answer formats: a comma-separated closed label set, or one of these.
 ANSWER_KINDS = ("letters", "number", "text")
 _NLI_SPLIT = re.compile(r"\s*</s>\s*")
