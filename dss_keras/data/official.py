@@ -33,6 +33,10 @@ with the 0-based position in the split's file.
 `load_benchmark` adds the splits the experiments use: a `valid` split carved
 from train (10%, seed 0) for cqa and svamp, and a deterministic training
 fraction (see `dss_keras.data.splits`).
+
+The module is a little over 400 lines because it holds one job end to end:
+the release's four input layouts, its batched teacher files and the teacher
+report read from them, with the errors that name the file and line.
 """
 
 from __future__ import annotations

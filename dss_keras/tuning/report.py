@@ -149,15 +149,9 @@ def plot_trials(rows: Sequence[dict], project_dir: str,
     ax.margins(x=0.12, y=0.12)
     if fractions:
         ax.set_xticks(fractions, [f"{f * 100:g}%" for f in fractions])
-    ax.set_xlabel("share of the training set")
-    ax.set_ylabel("validation label accuracy (%)")
-    ax.set_title("Best validation accuracy per training fraction")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    figure.tight_layout()
-    paths.append(os.path.join(project_dir, "accuracy_by_fraction.png"))
-    figure.savefig(paths[-1], dpi=110)
-    plt.close(figure)
+    paths.append(_save(figure, ax, os.path.join(project_dir, "accuracy_by_fraction.png"),
+                       "share of the training set",
+                       "Best validation accuracy per training fraction"))
 
     figure, ax = plt.subplots(figsize=(6, 4.2))
     for i, fraction in enumerate(fractions):
@@ -177,16 +171,25 @@ def plot_trials(rows: Sequence[dict], project_dir: str,
         if standard:
             ax.axhline(statistics.fmean(standard), color=color, linestyle="--",
                        label=f"standard, {fraction * 100:g}%")
-    ax.set_xlabel("alpha (weight of the label loss)")
+    paths.append(_save(figure, ax, os.path.join(project_dir, "accuracy_by_alpha.png"),
+                       "alpha (weight of the label loss)",
+                       "Distilling step-by-step: accuracy against alpha"))
+    return paths
+
+
+def _save(figure, ax, path: str, xlabel: str, title: str) -> str:
+    """Labels, grid and legend of an accuracy plot; writes it to `path`."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("validation label accuracy (%)")
-    ax.set_title("Distilling step-by-step: accuracy against alpha")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     figure.tight_layout()
-    paths.append(os.path.join(project_dir, "accuracy_by_alpha.png"))
-    figure.savefig(paths[-1], dpi=110)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
-    return paths
+    return path
 
 
 def write_reports(project_dir: str, *, target_accuracy: float | None = None,
