@@ -24,6 +24,7 @@ functions, so a run is the same run whichever of them starts it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -73,37 +74,88 @@ def build_seq2seq_lm(config: TrainConfig, train_records: Sequence[Record],
     )
 
 
+def trained_steps(config: TrainConfig) -> int:
+    """Batches `fit` trains: `steps` rounded up to whole periods of `eval_every`.
+
+    Examples:
+
+    >>> trained_steps(TrainConfig(steps=1000, eval_every=300))
+    1200
+    """
+    period = min(config.eval_every, config.steps)
+    return math.ceil(config.steps / period) * period
+
+
 def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
-    """AdamW with the config's learning rate, weight decay and accumulation."""
+    """The config's AdamW: schedule, epsilon, weight decay, clipping, accumulation.
+
+    - `lr_schedule="linear"` decays `learning_rate` linearly to 0 over the
+      optimizer steps `fit` runs (`trained_steps(config)` batches divided by
+      `gradient_accumulation_steps`), with no warm-up;
+    - `clip_global_norm` > 0 clips the global batch's gradient to that norm;
+    - `dtype_policy="mixed_float16"` wraps it in a `LossScaleOptimizer`
+      (dynamic loss scaling; float16 gradients underflow without it).
+
+    With `dss_keras.experiments.PAPER_SETTINGS` this is the optimizer of the
+    authors' runs (the Hugging Face Trainer's defaults).
+
+    Examples:
+
+    >>> optimizer = make_optimizer(TrainConfig(lr_schedule="linear", steps=100,
+    ...                                        learning_rate=1e-3, clip_global_norm=1.0))
+    >>> round(float(optimizer.learning_rate), 6), optimizer.global_clipnorm
+    (0.001, 1.0)
+    >>> type(make_optimizer(TrainConfig(dtype_policy="mixed_float16"))).__name__
+    'LossScaleOptimizer'
+    """
+    from dss_keras import optimizers
+
     accumulation = config.gradient_accumulation_steps
-    return keras.optimizers.AdamW(
-        learning_rate=config.learning_rate,
+    learning_rate = config.learning_rate
+    if config.lr_schedule == "linear":
+        learning_rate = optimizers.LinearDecay(
+            config.learning_rate, max(1, trained_steps(config) // accumulation),
+            gradient_accumulation_steps=accumulation)
+    optimizer = optimizers.AdamW(
+        learning_rate=learning_rate,
         weight_decay=config.weight_decay,
+        epsilon=config.adam_epsilon,
+        global_clipnorm=config.clip_global_norm or None,
         gradient_accumulation_steps=accumulation if accumulation > 1 else None,
     )
+    if config.dtype_policy == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 def build_model(config: TrainConfig, train_records: Sequence[Record],
-                vocabulary_path: str) -> DistillStepByStep:
-    """The compiled `DistillStepByStep` of `config`.
+                vocabulary_path: str, strategy=None) -> DistillStepByStep:
+    """The compiled `DistillStepByStep` of `config`, created under the strategy's scope.
 
     Args:
         config: The run's configuration.
         train_records: The whole training split (it trains a tiny model's
             vocabulary; see `dss_keras.vocabulary`).
         vocabulary_path: Where the tiny model's vocabulary is stored.
+        strategy: A `tf.distribute.Strategy`; `make_strategy(config.strategy)`
+            when `None`. The model, its metrics and its optimizer are created
+            under its scope.
     """
-    model = DistillStepByStep(
-        build_seq2seq_lm(config, train_records, vocabulary_path),
-        alpha=config.alpha,
-        mode=config.mode,
-        label_prefix=config.label_prefix,
-        rationale_prefix=config.rationale_prefix,
-        max_input_length=config.max_input_length,
-        max_label_length=config.max_label_length,
-        max_rationale_length=config.max_rationale_length,
-    )
-    model.compile(optimizer=make_optimizer(config), jit_compile=config.jit_compile_value)
+    from dss_keras import strategies
+
+    strategy = strategy or strategies.make_strategy(config.strategy)
+    with strategy.scope():
+        model = DistillStepByStep(
+            build_seq2seq_lm(config, train_records, vocabulary_path),
+            alpha=config.alpha,
+            mode=config.mode,
+            label_prefix=config.label_prefix,
+            rationale_prefix=config.rationale_prefix,
+            max_input_length=config.max_input_length,
+            max_label_length=config.max_label_length,
+            max_rationale_length=config.max_rationale_length,
+        )
+        model.compile(optimizer=make_optimizer(config), jit_compile=config.jit_compile_value)
     return model
 
 
@@ -144,8 +196,17 @@ def fit(
     log_dir: str | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: str | int = "auto",
+    strategy=None,
 ) -> FitResult:
     """Trains a model as `config` says on `splits`; returns it with its history.
+
+    Under a `tf.distribute` strategy the model, its optimizer, its metrics and
+    the pipeline are created under the strategy's scope; the pipeline batches
+    `batch_size` examples (the global batch), which Keras splits over the
+    replicas, and multi-worker runs shard it by data. Only the chief
+    (`dss_keras.strategies.is_chief`) writes the backup and the logs; every
+    worker restores from the backup, which must then be on a filesystem they
+    all see.
 
     Args:
         config: The run's configuration.
@@ -155,11 +216,15 @@ def fit(
         model: A model from `build_model(config, ...)`; built when `None`.
         vocabulary_path: Where a tiny model's vocabulary is stored when the
             model is built here (a temporary file when `None`).
-        backup_dir: A `BackupAndRestore` directory: an interrupted fit resumes.
+        backup_dir: A `BackupAndRestore` directory: an interrupted fit resumes
+            where its last backup (every `eval_every` steps) left off, data
+            order included.
         log_dir: A TensorBoard log directory.
         callbacks: More Keras callbacks; they run after the evaluation, so
             they see `val_label_accuracy`.
         verbose: Keras progress bar setting.
+        strategy: A `tf.distribute.Strategy`; by default the one of `model`,
+            else `dss_keras.strategies.make_strategy(config.strategy)`.
 
     Examples:
 
@@ -171,35 +236,54 @@ def fit(
     >>> result.steps, result.report.num_examples, 0 <= result.validation.accuracy <= 1
     (2, 16, True)
     """
+    from dss_keras import strategies
+
+    if strategy is None:
+        strategy = (model.distribute_strategy if model is not None and config.strategy == "default"
+                    else strategies.make_strategy(config.strategy))
+    chief = strategies.is_chief(strategy)
     if model is None:
-        if vocabulary_path is None:
+        if vocabulary_path is None or not chief:
+            # A worker trains the same vocabulary (same records, same settings) on its own.
             import tempfile
 
             vocabulary_path = os.path.join(tempfile.mkdtemp(prefix="dss_keras_"),
                                            "vocabulary.spm")
-        model = build_model(config, splits.train, vocabulary_path)
-    dataset, report = make_dataset(
-        training_records(config, splits.train), model.preprocessor, mode=config.mode,
-        label_source=config.label_source, batch_size=config.batch_size, seed=config.seed,
-        repeat=True,
-    )
+        model = build_model(config, splits.train, vocabulary_path, strategy)
+    elif model.distribute_strategy is not strategy:
+        raise ValueError(
+            "The model was not created under the strategy fit trains with: build it with "
+            "`build_model(config, ..., strategy=strategy)`. Received: "
+            f"strategy={type(strategy).__name__}, "
+            f"model.distribute_strategy={type(model.distribute_strategy).__name__}")
+    steps_per_epoch = min(config.eval_every, config.steps)
+    epochs = trained_steps(config) // steps_per_epoch
+    with strategy.scope():
+        dataset, report = make_dataset(
+            training_records(config, splits.train), model.preprocessor, mode=config.mode,
+            label_source=config.label_source, batch_size=config.batch_size, seed=config.seed,
+            repeat=True,
+        )
+    # The order of the batches depends on the seed only (not on how many iterators Keras
+    # makes), so a resumed fit goes on with the batches the interrupted one had not reached.
+    dataset = _shard_by_data(dataset.skip(_backed_up_epochs(backup_dir) * steps_per_epoch))
     logger.info("Training data: %s", report)
     run_callbacks: list = []
     validation_dataset = evaluation = None
     if splits.validation:
-        validation_dataset, _ = make_dataset(
-            splits.validation, model.preprocessor, mode=config.mode, label_source="gt",
-            batch_size=config.eval_batch_size, shuffle=False,
-        )
+        with strategy.scope():
+            validation_dataset, _ = make_dataset(
+                splits.validation, model.preprocessor, mode=config.mode, label_source="gt",
+                batch_size=config.eval_batch_size, shuffle=False,
+            )
+        validation_dataset = _shard_by_data(validation_dataset)
         evaluation = GenerationEvaluation(splits.validation, config.metric,
                                           batch_size=config.eval_batch_size)
         run_callbacks.append(evaluation)
     if backup_dir:
-        run_callbacks.append(keras.callbacks.BackupAndRestore(backup_dir))
-    if log_dir:
+        run_callbacks.append(_ChiefBackupAndRestore(backup_dir, chief=chief))
+    if log_dir and chief:
         run_callbacks.append(keras.callbacks.TensorBoard(log_dir))
-    steps_per_epoch = min(config.eval_every, config.steps)
-    epochs = math.ceil(config.steps / steps_per_epoch)
     start = time.perf_counter()
     history = model.fit(
         dataset, epochs=epochs, steps_per_epoch=steps_per_epoch,
@@ -213,6 +297,41 @@ def fit(
             model, splits.validation, config.metric, config.eval_batch_size)
     return FitResult(model, history, report, epochs * steps_per_epoch, train_seconds,
                      validation)
+
+
+def _shard_by_data(dataset):
+    """`dataset`, split between multi-worker workers by example (it reads no files)."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    return dataset.with_options(options)
+
+
+def _backed_up_epochs(backup_dir: str | None) -> int:
+    """Epochs (periods of `eval_every` steps) the backup in `backup_dir` has done."""
+    path = os.path.join(backup_dir, "training_metadata.json") if backup_dir else None
+    if not path or not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf-8") as f:
+        return int(json.load(f)["epoch"])
+
+
+class _ChiefBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` that every worker restores from and only the chief writes."""
+
+    def __init__(self, backup_dir: str, chief: bool = True):
+        super().__init__(backup_dir)
+        self.chief = chief
+
+    def _save_model(self):
+        if self.chief:
+            super()._save_model()
+
+    def on_train_end(self, logs=None):
+        if self.chief:
+            super().on_train_end(logs)
 
 
 @dataclasses.dataclass

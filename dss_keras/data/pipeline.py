@@ -100,7 +100,9 @@ def make_dataset(
             teacher's; records without such a label are left out.
         batch_size: Examples per batch (each carries both tasks).
         shuffle: Shuffle the examples (deterministically, from `seed`) every
-            pass.
+            pass. Repeated, pass `p` has an order that depends on `seed` and
+            `p` only, however many iterators were made over the dataset (a
+            resumed run and a `tf.distribute` run see the same batches).
         seed: Seed of the shuffle.
         repeat: Repeat forever (for step-based training).
         bucket_boundaries: Length boundaries (in tokens of the longest
@@ -162,11 +164,14 @@ def make_dataset(
     if "rationale" in tasks:
         features["rationale"] = tf.constant(rationales, tf.string)
         features["has_rationale"] = tf.constant(np.array(has_rationale, np.float32))
-    dataset = tf.data.Dataset.from_tensor_slices(features)
-    if shuffle:
-        dataset = dataset.shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        dataset = dataset.repeat()
+    if shuffle and repeat:
+        dataset = _shuffled_passes(features, len(inputs), seed)
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices(features)
+        if shuffle:
+            dataset = dataset.shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            dataset = dataset.repeat()
     dataset = dataset.map(
         lambda f: preprocessor.pack_example(f, tasks),
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -202,6 +207,17 @@ def make_dataset(
         )
     dataset = dataset.map(_to_model_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE), report
+
+
+def _shuffled_passes(features: dict, size: int, seed: int) -> tf.data.Dataset:
+    """The examples pass after pass, each pass in a stateless order from `(seed, pass)`."""
+    def one_pass(number):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(size, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), number]))
+        return tf.data.Dataset.from_tensor_slices(order)
+
+    indices = tf.data.Dataset.counter(dtype=tf.int64).flat_map(one_pass)
+    return indices.map(lambda i: {name: tf.gather(values, i) for name, values in features.items()})
 
 
 def _example_length(example: dict, tasks: Sequence[str]):
