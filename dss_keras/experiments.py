@@ -275,6 +275,10 @@ def run_experiment(
         echo(f"Teacher: {report}")
 
     result = train(config, data, verbose=verbose)
+    from dss_keras import strategies
+
+    if not strategies.is_chief(strategies.make_strategy(config.strategy)):
+        return _results(recipe, config, data, teacher, result.metrics)  # the chief reports
     results = _results(recipe, config, data, teacher, result.metrics)
     results_path = os.path.join(config.run_dir, RESULTS_FILE)
     previous = _previous_export(results_path)

@@ -380,8 +380,12 @@ def train(
     (['accuracy', 'num_examples', 'num_unparsable'], 2)
     """
     from dss_keras import run_dir as runs
+    from dss_keras import strategies
 
-    runs.claim(config)
+    strategy = strategies.make_strategy(config.strategy)
+    chief = strategies.is_chief(strategy)  # Other workers write nothing to the run directory.
+    if chief:
+        runs.claim(config)
     finished = runs.load_finished(config.run_dir)
     if finished is not None:
         model, metrics = finished
@@ -392,7 +396,7 @@ def train(
         vocabulary_path=os.path.join(config.run_dir, runs.VOCABULARY),
         backup_dir=os.path.join(config.run_dir, runs.BACKUP),
         log_dir=os.path.join(config.run_dir, runs.LOGS),
-        callbacks=callbacks, verbose=verbose,
+        callbacks=callbacks, verbose=verbose, strategy=strategy,
     )
     metrics = {
         "config": config.to_dict(),
@@ -406,5 +410,6 @@ def train(
     if splits.test:
         metrics["test"] = evaluate_labels(
             result.model, splits.test, config.metric, config.eval_batch_size).to_dict()
-    runs.save_finished(config.run_dir, result.model, metrics)
+    if chief:
+        runs.save_finished(config.run_dir, result.model, metrics)
     return TrainResult(config.run_dir, result.model, metrics)
