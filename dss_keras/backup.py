@@ -163,22 +163,39 @@ class BackupCallback(keras.callbacks.Callback):
         backup: Where the generations go.
         restored: The state training resumes from, if any: its history and
             train seconds are carried on.
+        write: Whether this process writes the generations (under a
+            multi-worker strategy only the chief does; the others keep the
+            history only).
     """
 
-    def __init__(self, backup: Backup, restored: BackupState | None = None):
+    def __init__(self, backup: Backup, restored: BackupState | None = None, write: bool = True):
         super().__init__()
         self.backup = backup
-        self.history = {k: list(v) for k, v in (restored.history if restored else {}).items()}
+        self.write = write
+        self.restored_history = {k: list(v) for k, v in
+                                 (restored.history if restored else {}).items()}
         self.previous_seconds = restored.train_seconds if restored else 0.0
+        self._epoch_logs: list[dict] = []
         self._start = None
 
     def on_train_begin(self, logs=None):
         self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        for key, value in (logs or {}).items():
-            self.history.setdefault(key, []).append(float(value))
-        self.backup.save(self.model, BackupState(epoch + 1, self.history, self.train_seconds))
+        # Keras hands every callback the same dict: callbacks that run after this one
+        # can still add to it, and `history` reads it when asked.
+        self._epoch_logs.append(logs if logs is not None else {})
+        if self.write:
+            self.backup.save(self.model, BackupState(epoch + 1, self.history, self.train_seconds))
+
+    @property
+    def history(self) -> dict[str, list[float]]:
+        """The logs of every period so far, those before a resume included."""
+        history = {k: list(v) for k, v in self.restored_history.items()}
+        for logs in self._epoch_logs:
+            for key, value in logs.items():
+                history.setdefault(key, []).append(float(value))
+        return history
 
     @property
     def train_seconds(self) -> float:

@@ -34,6 +34,12 @@ DATASETS = BENCHMARKS + ("word_problems",)
 DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16", "bfloat16")
 JIT_COMPILE = ("auto", "true", "false")
 
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+"""`tf.distribute` strategies a run trains under (see `dss_keras.strategies`)."""
+
+LR_SCHEDULES = ("constant", "linear")
+"""Learning rate over the optimizer steps: constant, or linear decay to 0 (no warm-up)."""
+
 SEARCHES = ("random", "bayesian", "grid")
 """KerasTuner searches of `dss-keras tune`."""
 
@@ -130,14 +136,29 @@ class TrainConfig:
     max_label_length: int = _field(16, "longest label in tokens, trained and generated")
     max_rationale_length: int = _field(128, "longest rationale in tokens")
     # Optimisation.
-    batch_size: int = _field(32, "examples per step (each trains both tasks)")
-    learning_rate: float = _field(1e-3, "AdamW learning rate")
+    batch_size: int = _field(
+        32, "examples per step (each trains both tasks), over all replicas and workers")
+    learning_rate: float = _field(1e-3, "AdamW learning rate (the peak one with a schedule)")
+    lr_schedule: str = _field(
+        "constant", "learning rate over the optimizer steps: constant, or 'linear' decay to 0 "
+        "at the last step with no warm-up (Hugging Face Trainer's default)", LR_SCHEDULES)
     weight_decay: float = _field(0.0, "AdamW weight decay")
+    adam_epsilon: float = _field(
+        1e-7, "AdamW epsilon (Keras' default; the Hugging Face Trainer uses 1e-8)")
+    clip_global_norm: float = _field(
+        0.0, "clip the gradient of the global batch to this global norm (0: off; the Hugging "
+        "Face Trainer clips at 1.0)")
     steps: int = _field(1000, "optimizer steps")
     eval_every: int = _field(250, "steps between validations and backups")
     gradient_accumulation_steps: int = _field(1, "batches accumulated per optimizer step")
-    dtype_policy: str = _field("float32", "Keras dtype policy", DTYPE_POLICIES)
+    dtype_policy: str = _field(
+        "float32", "Keras dtype policy of the backbone (mixed_float16 adds dynamic loss "
+        "scaling)", DTYPE_POLICIES)
     jit_compile: str = _field("auto", "compile the train step with XLA", JIT_COMPILE)
+    strategy: str = _field(
+        "default", "tf.distribute strategy: one device, 'mirrored' (the GPUs of this machine), "
+        "'multi_worker' (workers named by TF_CONFIG) or 'tpu'; batch_size is the global batch",
+        STRATEGIES)
     seed: int = _field(0, "seeds the weights, the data order and the training subset")
     # Evaluation.
     metric: str | None = _field(
@@ -163,6 +184,8 @@ class TrainConfig:
             "dropout": (0.0 <= self.dropout < 1.0, "in [0, 1)"),
             "learning_rate": (self.learning_rate > 0, "above 0"),
             "weight_decay": (self.weight_decay >= 0, "at least 0"),
+            "adam_epsilon": (self.adam_epsilon > 0, "above 0"),
+            "clip_global_norm": (self.clip_global_norm >= 0, "at least 0 (0 turns clipping off)"),
         }
         for name in _POSITIVE_INTS:
             value = getattr(self, name)

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dss_keras import optimizers as _optimizers  # noqa: F401  (registers them for loading)
 from dss_keras.config import MODES
 from dss_keras.decoding import decoder_for
 from dss_keras.metrics.token_mean import TokenMean
@@ -20,6 +21,13 @@ def _all_reduce_sum(value):
     if context is None or context.num_replicas_in_sync == 1:
         return value
     return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def _across_workers() -> bool:
+    """Whether the current strategy spans several workers (Keras' own test of it)."""
+    strategy = tf.distribute.get_strategy()
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode())
 
 
 @keras.saving.register_keras_serializable(package="dss_keras")
@@ -177,7 +185,21 @@ class DistillStepByStep(keras.Model):
             self.task_loss_trackers[task].update_state(total, count)
         _, label_count, label_correct, _ = statistics["label"]
         self.label_accuracy_tracker.update_state(label_correct, label_count)
-        return {m.name: m.result() for m in self.metrics}
+        results = {m.name: m.result() for m in self.metrics}
+        if _across_workers():
+            # Keras averages a multi-worker step's outputs with `strategy.reduce(MEAN,
+            # axis=0)`, which needs an axis: one-element vectors come back as scalars.
+            results = {name: tf.reshape(value, [1]) for name, value in results.items()}
+        return results
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras builds a model created under a strategy from a peeked batch, which it
+        # reduces with `strategy.reduce`: that fails for nested batches under a
+        # MultiWorkerMirroredStrategy. The weights and metrics here exist from the start;
+        # only the optimizer's variables are left, and they need no batch.
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

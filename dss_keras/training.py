@@ -24,6 +24,7 @@ functions, so a run is the same run whichever of them starts it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -74,37 +75,88 @@ def build_seq2seq_lm(config: TrainConfig, train_records: Sequence[Record],
     )
 
 
+def trained_steps(config: TrainConfig) -> int:
+    """Batches `fit` trains: `steps` rounded up to whole periods of `eval_every`.
+
+    Examples:
+
+    >>> trained_steps(TrainConfig(steps=1000, eval_every=300))
+    1200
+    """
+    period = min(config.eval_every, config.steps)
+    return math.ceil(config.steps / period) * period
+
+
 def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
-    """AdamW with the config's learning rate, weight decay and accumulation."""
+    """The config's AdamW: schedule, epsilon, weight decay, clipping, accumulation.
+
+    - `lr_schedule="linear"` decays `learning_rate` linearly to 0 over the
+      optimizer steps `fit` runs (`trained_steps(config)` batches divided by
+      `gradient_accumulation_steps`), with no warm-up;
+    - `clip_global_norm` > 0 clips the global batch's gradient to that norm;
+    - `dtype_policy="mixed_float16"` wraps it in a `LossScaleOptimizer`
+      (dynamic loss scaling; float16 gradients underflow without it).
+
+    With `dss_keras.experiments.PAPER_SETTINGS` this is the optimizer of the
+    authors' runs (the Hugging Face Trainer's defaults).
+
+    Examples:
+
+    >>> optimizer = make_optimizer(TrainConfig(lr_schedule="linear", steps=100,
+    ...                                        learning_rate=1e-3, clip_global_norm=1.0))
+    >>> round(float(optimizer.learning_rate), 6), optimizer.global_clipnorm
+    (0.001, 1.0)
+    >>> type(make_optimizer(TrainConfig(dtype_policy="mixed_float16"))).__name__
+    'LossScaleOptimizer'
+    """
+    from dss_keras import optimizers
+
     accumulation = config.gradient_accumulation_steps
-    return keras.optimizers.AdamW(
-        learning_rate=config.learning_rate,
+    learning_rate = config.learning_rate
+    if config.lr_schedule == "linear":
+        learning_rate = optimizers.LinearDecay(
+            config.learning_rate, max(1, trained_steps(config) // accumulation),
+            gradient_accumulation_steps=accumulation)
+    optimizer = optimizers.AdamW(
+        learning_rate=learning_rate,
         weight_decay=config.weight_decay,
+        epsilon=config.adam_epsilon,
+        global_clipnorm=config.clip_global_norm or None,
         gradient_accumulation_steps=accumulation if accumulation > 1 else None,
     )
+    if config.dtype_policy == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 def build_model(config: TrainConfig, train_records: Sequence[Record],
-                vocabulary_path: str) -> DistillStepByStep:
-    """The compiled `DistillStepByStep` of `config`.
+                vocabulary_path: str, strategy=None) -> DistillStepByStep:
+    """The compiled `DistillStepByStep` of `config`, created under the strategy's scope.
 
     Args:
         config: The run's configuration.
         train_records: The whole training split (it trains a tiny model's
             vocabulary; see `dss_keras.vocabulary`).
         vocabulary_path: Where the tiny model's vocabulary is stored.
+        strategy: A `tf.distribute.Strategy`; `make_strategy(config.strategy)`
+            when `None`. The model, its metrics and its optimizer are created
+            under its scope.
     """
-    model = DistillStepByStep(
-        build_seq2seq_lm(config, train_records, vocabulary_path),
-        alpha=config.alpha,
-        mode=config.mode,
-        label_prefix=config.label_prefix,
-        rationale_prefix=config.rationale_prefix,
-        max_input_length=config.max_input_length,
-        max_label_length=config.max_label_length,
-        max_rationale_length=config.max_rationale_length,
-    )
-    model.compile(optimizer=make_optimizer(config), jit_compile=config.jit_compile_value)
+    from dss_keras import strategies
+
+    strategy = strategy or strategies.make_strategy(config.strategy)
+    with strategy.scope():
+        model = DistillStepByStep(
+            build_seq2seq_lm(config, train_records, vocabulary_path),
+            alpha=config.alpha,
+            mode=config.mode,
+            label_prefix=config.label_prefix,
+            rationale_prefix=config.rationale_prefix,
+            max_input_length=config.max_input_length,
+            max_label_length=config.max_label_length,
+            max_rationale_length=config.max_rationale_length,
+        )
+        model.compile(optimizer=make_optimizer(config), jit_compile=config.jit_compile_value)
     return model
 
 
@@ -179,8 +231,18 @@ def fit(
     log_dir: str | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: str | int = "auto",
+    strategy=None,
+    keep_backup: bool = False,
 ) -> FitResult:
     """Trains a model as `config` says on `splits`; returns it with its history.
+
+    Under a `tf.distribute` strategy the model, its optimizer, its metrics and
+    the pipeline are created under the strategy's scope; the pipeline batches
+    `batch_size` examples (the global batch), which Keras splits over the
+    replicas, and multi-worker runs shard it by data. Only the chief
+    (`dss_keras.strategies.is_chief`) writes the backup and the logs; every
+    worker restores from the backup, which must then be on a filesystem they
+    all see.
 
     Args:
         config: The run's configuration.
@@ -190,11 +252,16 @@ def fit(
         model: A model from `build_model(config, ...)`; built when `None`.
         vocabulary_path: Where a tiny model's vocabulary is stored when the
             model is built here (a temporary file when `None`).
-        backup_dir: A `BackupAndRestore` directory: an interrupted fit resumes.
+        backup_dir: A backup directory (`dss_keras.backup`): an interrupted
+            fit resumes where its last backup (every `eval_every` steps) left
+            off, data order included. It is removed once the fit is done,
+            unless `keep_backup`.
         log_dir: A TensorBoard log directory.
         callbacks: More Keras callbacks; they run after the evaluation, so
             they see `val_label_accuracy`.
         verbose: Keras progress bar setting.
+        strategy: A `tf.distribute.Strategy`; by default the one of `model`,
+            else `dss_keras.strategies.make_strategy(config.strategy)`.
 
     Examples:
 
@@ -206,43 +273,59 @@ def fit(
     >>> result.steps, result.report.num_examples, 0 <= result.validation.accuracy <= 1
     (2, 16, True)
     """
+    from dss_keras import strategies
+
+    if strategy is None:
+        strategy = (model.distribute_strategy if model is not None and config.strategy == "default"
+                    else strategies.make_strategy(config.strategy))
+    chief = strategies.is_chief(strategy)
     records = check_trainable(config, splits)
     if model is None:
-        if vocabulary_path is None:
+        if vocabulary_path is None or not chief:
+            # A worker trains the same vocabulary (same records, same settings) on its own.
             import tempfile
 
             vocabulary_path = os.path.join(tempfile.mkdtemp(prefix="dss_keras_"),
                                            "vocabulary.spm")
-        model = build_model(config, splits.train, vocabulary_path)
+        model = build_model(config, splits.train, vocabulary_path, strategy)
+    elif model.distribute_strategy is not strategy:
+        raise ValueError(
+            "The model was not created under the strategy fit trains with: build it with "
+            "`build_model(config, ..., strategy=strategy)`. Received: "
+            f"strategy={type(strategy).__name__}, "
+            f"model.distribute_strategy={type(model.distribute_strategy).__name__}")
     steps_per_epoch = min(config.eval_every, config.steps)
-    epochs = math.ceil(config.steps / steps_per_epoch)
+    epochs = trained_steps(config) // steps_per_epoch
     backup = restored = None
     if backup_dir:
-        restored = Backup(backup_dir).restore(model)
-        backup = BackupCallback(Backup(backup_dir), restored)
+        with strategy.scope():  # every worker restores from the chief's backup
+            restored = Backup(backup_dir).restore(model)
+        backup = BackupCallback(Backup(backup_dir), restored, write=chief)
     initial_epoch = restored.epoch if restored else 0
-    dataset, report = make_dataset(
-        records, model.preprocessor, mode=config.mode, label_source=config.label_source,
-        batch_size=config.batch_size, seed=config.seed, repeat=True,
-    )
-    if initial_epoch:
-        # The batches an uninterrupted run would see next: the order is a
-        # function of the seed, so a resumed run trains as if never stopped.
-        dataset = dataset.skip(initial_epoch * steps_per_epoch)
+    with strategy.scope():
+        dataset, report = make_dataset(
+            records, model.preprocessor, mode=config.mode, label_source=config.label_source,
+            batch_size=config.batch_size, seed=config.seed, repeat=True,
+        )
+    # The order of the batches depends on the seed only (not on how many iterators Keras
+    # makes), so a resumed fit goes on with the batches the interrupted one had not reached.
+    dataset = _shard_by_data(dataset.skip(initial_epoch * steps_per_epoch))
     logger.info("Training data: %s", report)
     run_callbacks: list = []
     validation_dataset = evaluation = None
     if splits.validation:
-        validation_dataset, _ = make_dataset(
-            splits.validation, model.preprocessor, mode=config.mode, label_source="gt",
-            batch_size=config.eval_batch_size, shuffle=False,
-        )
+        with strategy.scope():
+            validation_dataset, _ = make_dataset(
+                splits.validation, model.preprocessor, mode=config.mode, label_source="gt",
+                batch_size=config.eval_batch_size, shuffle=False,
+            )
+        validation_dataset = _shard_by_data(validation_dataset)
         evaluation = GenerationEvaluation(splits.validation, config.metric,
                                           batch_size=config.eval_batch_size)
         run_callbacks.append(evaluation)
     if backup is not None:
         run_callbacks.append(backup)
-    if log_dir:
+    if log_dir and chief:
         run_callbacks.append(keras.callbacks.TensorBoard(log_dir))
     start = time.perf_counter()
     keras_history = model.fit(
@@ -252,6 +335,8 @@ def fit(
     )
     if backup is not None:
         history, train_seconds = backup.history, backup.train_seconds
+        if chief and not keep_backup:
+            backup.backup.remove()
     else:
         history = {k: [float(v) for v in vs] for k, vs in keras_history.history.items()}
         train_seconds = time.perf_counter() - start
@@ -261,6 +346,16 @@ def fit(
             model, splits.validation, config.metric, config.eval_batch_size)
     return FitResult(model, history, keras_history, report, epochs * steps_per_epoch,
                      train_seconds, validation)
+
+
+def _shard_by_data(dataset):
+    """`dataset`, split between multi-worker workers by example (it reads no files)."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    return dataset.with_options(options)
 
 
 @dataclasses.dataclass
@@ -314,20 +409,25 @@ def train(
     (['accuracy', 'num_examples', 'num_unparsable'], 2)
     """
     from dss_keras import run_dir as runs
+    from dss_keras import strategies
 
+    strategy = strategies.make_strategy(config.strategy)
+    chief = strategies.is_chief(strategy)  # Other workers write nothing to the run directory.
     config = config.resolved()
     if runs.status(config) == runs.FINISHED:
         model, metrics = runs.load_finished(config.run_dir)
         return TrainResult(config.run_dir, model, metrics)
     splits = splits or load_splits(config)
     check_trainable(config, splits)  # before anything is written
-    runs.claim(config)
+    if chief:
+        runs.claim(config)
     result = fit(
         config, splits,
         vocabulary_path=os.path.join(config.run_dir, runs.VOCABULARY),
         backup_dir=os.path.join(config.run_dir, runs.BACKUP),
         log_dir=os.path.join(config.run_dir, runs.LOGS),
-        callbacks=callbacks, verbose=verbose,
+        callbacks=callbacks, verbose=verbose, strategy=strategy,
+        keep_backup=True,  # until the model is saved
     )
     metrics = {
         "config": config.to_dict(),
@@ -341,5 +441,6 @@ def train(
     if splits.test:
         metrics["test"] = evaluate_labels(
             result.model, splits.test, config.metric, config.eval_batch_size).to_dict()
-    runs.save_finished(config.run_dir, result.model, metrics)
+    if chief:
+        runs.save_finished(config.run_dir, result.model, metrics)
     return TrainResult(config.run_dir, result.model, metrics)

@@ -19,7 +19,8 @@ OTHER_VALUES = {
     "max_label_length": "9", "max_rationale_length": "77", "batch_size": "7",
     "learning_rate": "0.02", "weight_decay": "0.01", "steps": "33", "eval_every": "11",
     "gradient_accumulation_steps": "2", "dtype_policy": "mixed_bfloat16",
-    "jit_compile": "true", "seed": "5", "metric": "equation", "eval_batch_size": "17",
+    "jit_compile": "true", "strategy": "mirrored", "lr_schedule": "linear",
+    "adam_epsilon": "1e-06", "clip_global_norm": "0.5", "seed": "5", "metric": "equation", "eval_batch_size": "17",
     "run_dir": "runs/other",
 }
 
@@ -36,13 +37,13 @@ def subparser(name: str) -> argparse.ArgumentParser:
     return commands.choices[name]
 
 
-def check_every_flag(parse, parser, base: TrainConfig, capsys):
+def check_every_flag(parse, parser, base: TrainConfig, capsys, other_values=OTHER_VALUES):
     """Each flag alone either changes its field in the resolved config or exits with a message."""
     actions = flag_actions(parser)
     assert actions
     refused = []
     for action in actions:
-        value = OTHER_VALUES[action.dest]
+        value = other_values[action.dest]
         try:
             config = parse([action.option_strings[0], value])
         except SystemExit as exit_info:
@@ -100,11 +101,13 @@ def test_every_tune_flag_changes_the_base_config_or_fails(capsys):
 def test_every_recipe_flag_changes_the_config_or_fails(capsys):
     recipe = experiments.BenchmarkRecipe("cqa")
     parser = cli.recipe_parser(recipe)
+    assert recipe.config().lr_schedule == "linear"  # the authors' optimizer
 
     def parse(argv):
         return cli.parse_recipe_flags(recipe, argv)[0]
 
-    refused = check_every_flag(parse, parser, recipe.config(), capsys)
+    refused = check_every_flag(parse, parser, recipe.config(), capsys,
+                               {**OTHER_VALUES, "lr_schedule": "constant"})
     # The tiny model's flags do not apply to the paper's preset.
     assert sorted(refused) == ["dropout", "hidden_dim", "intermediate_dim", "num_heads",
                                "num_layers", "vocabulary_size"]

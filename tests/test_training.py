@@ -114,9 +114,9 @@ def test_cli_rejects_a_bad_flag(capsys):
     assert "unrecognized arguments" in capsys.readouterr().err
 
 
-def test_cli_predict_without_a_model(tmp_path):
-    with pytest.raises(SystemExit, match="No trained model"):
-        cli.main(["predict", str(tmp_path), "text"])
+def test_cli_predict_without_a_model(tmp_path, capsys):
+    assert cli.main(["predict", str(tmp_path), "text"]) == 1
+    assert "no trained model here" in capsys.readouterr().err
 
 
 def test_cli_hands_tune_flags_to_the_tuner(capsys):

@@ -1,0 +1,121 @@
+"""The authors' optimizer (linear decay, clipping, epsilon) and loss scaling for float16."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dss_keras import experiments, optimizers, testing
+from dss_keras.config import TrainConfig
+from dss_keras.training import make_optimizer
+
+
+def test_linear_schedule_at_the_start_middle_and_end():
+    config = TrainConfig(lr_schedule="linear", learning_rate=2e-3, steps=100, eval_every=25)
+    schedule = make_optimizer(config).learning_rate  # evaluated at step 0
+    assert float(schedule) == pytest.approx(2e-3)
+    decay = make_optimizer(config)._learning_rate
+    for step, expected in [(0, 2e-3), (50, 1e-3), (75, 0.5e-3), (100, 0.0), (130, 0.0)]:
+        assert float(decay(step)) == pytest.approx(expected, rel=1e-6, abs=1e-12), step
+    # With accumulation the schedule counts optimizer steps (Keras passes batches).
+    accumulated = make_optimizer(config.replace(gradient_accumulation_steps=4))._learning_rate
+    assert accumulated.decay_steps == 25
+    assert float(accumulated(4 * 12 + 3)) == pytest.approx(2e-3 * (1 - 12 / 25))
+
+
+def test_each_update_uses_the_learning_rate_of_its_step():
+    """Hugging Face's convention: update t (from 0) uses lr * (1 - t / steps)."""
+    steps, lr = 4, 1e-2
+    optimizer = make_optimizer(TrainConfig(lr_schedule="linear", learning_rate=lr, steps=steps,
+                                           eval_every=steps, adam_epsilon=1e-12))
+    variable = keras.Variable([0.0])
+    moves = []
+    for _ in range(steps):
+        before = float(variable.numpy()[0])
+        # A constant gradient: each Adam update moves the weight by the learning rate.
+        optimizer.apply([tf.constant([1.0])], [variable])
+        moves.append(before - float(variable.numpy()[0]))
+    np.testing.assert_allclose(moves, [lr * (1 - t / steps) for t in range(steps)], rtol=1e-4)
+
+
+def test_clipping_to_the_global_norm():
+    optimizer = make_optimizer(TrainConfig(clip_global_norm=1.0))
+    grads = [tf.constant([3.0, 0.0]), tf.constant([[0.0], [4.0]])]  # global norm 5
+    clipped = optimizer._clip_gradients(grads)
+    np.testing.assert_allclose(clipped[0], [0.6, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(clipped[1], [[0.0], [0.8]], rtol=1e-6)
+    small = [tf.constant([0.3, 0.4])]  # norm 0.5: untouched
+    np.testing.assert_allclose(optimizer._clip_gradients(small)[0], [0.3, 0.4])
+    assert make_optimizer(TrainConfig()).global_clipnorm is None  # off by default
+
+
+def test_sparse_gradients_are_summed_before_adam():
+    """A row looked up twice gets Adam's moments of the summed gradient."""
+    dense, sparse = keras.Variable([[1.0], [1.0]]), keras.Variable([[1.0], [1.0]])
+    dense_optimizer, sparse_optimizer = optimizers.AdamW(0.1), optimizers.AdamW(0.1)
+    for _ in range(3):
+        dense_optimizer.apply([tf.constant([[0.3], [0.0]])], [dense])
+        sparse_optimizer.apply(
+            [tf.IndexedSlices(tf.constant([[0.1], [0.2]]), tf.constant([0, 0]),
+                              tf.constant([2, 1]))], [sparse])
+    np.testing.assert_allclose(sparse.numpy(), dense.numpy(), rtol=1e-6)
+
+
+def test_the_recipes_train_with_the_authors_optimizer():
+    config = experiments.BenchmarkRecipe("cqa").config()
+    assert (config.lr_schedule, config.clip_global_norm, config.adam_epsilon,
+            config.weight_decay) == ("linear", 1.0, 1e-8, 0.0)
+    optimizer = make_optimizer(config)
+    assert optimizer.epsilon == 1e-8 and optimizer.global_clipnorm == 1.0
+    assert optimizer._learning_rate.decay_steps == config.steps
+
+
+def test_settings_that_keep_older_runs_unchanged():
+    config = TrainConfig()
+    assert (config.lr_schedule, config.clip_global_norm, config.adam_epsilon,
+            config.strategy) == ("constant", 0.0, 1e-7, "default")
+    with pytest.raises(ValueError, match="clip_global_norm"):
+        TrainConfig(clip_global_norm=-1.0)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="cosine")
+
+
+@pytest.mark.slow
+def test_mixed_float16_scales_the_loss_and_skips_overflowing_steps(tmp_path):
+    from dss_keras.data import make_dataset
+    from dss_keras.training import build_model
+
+    config = TrainConfig(dtype_policy="mixed_float16", vocabulary_size=120, hidden_dim=16,
+                         intermediate_dim=32, num_layers=1, num_heads=2, max_input_length=48,
+                         max_label_length=4, max_rationale_length=16, batch_size=8)
+    records = testing.toy_records(16)
+    model = build_model(config, records, str(tmp_path / "vocabulary.spm"))
+    optimizer = model.optimizer
+    assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    assert model.seq2seq_lm.backbone.compute_dtype == "float16"
+    assert float(optimizer.scale_loss(1.0)) == 2.0**15  # the initial dynamic scale
+
+    scaled = []
+    scale_loss = optimizer.scale_loss
+    optimizer.scale_loss = lambda loss: scaled.append(loss) or scale_loss(loss)
+    dataset, _ = make_dataset(records, model.preprocessor, batch_size=8, seed=0)
+    before = [w.copy() for w in model.get_weights()]
+    history = model.fit(dataset.take(1), epochs=1, verbose=0)
+    assert scaled, "train_step did not scale the loss"
+    changed = not all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    # A finite step updates the weights at the same scale; a non-finite one (KerasHub's T5
+    # attention adds -1e9 in float16, i.e. -inf, to its masks: NaN on CPU) is skipped and
+    # halves the scale. Either way the weights never take a non-finite update.
+    if np.isfinite(history.history["loss"][0]):
+        assert changed and float(optimizer.dynamic_scale.numpy()) == 2.0**15
+    else:
+        assert not changed and float(optimizer.dynamic_scale.numpy()) == 2.0**14
+    assert float(optimizer.scale_loss(1.0)) == float(optimizer.dynamic_scale.numpy())
+
+    # An overflowing step is skipped and halves the scale.
+    after_step = [w.copy() for w in model.get_weights()]
+    scale = float(optimizer.dynamic_scale.numpy())
+    variables = model.trainable_variables
+    optimizer.apply([tf.fill(v.shape, np.inf) for v in variables], variables)
+    assert all(np.array_equal(a, b) for a, b in zip(after_step, model.get_weights()))
+    assert float(optimizer.dynamic_scale.numpy()) == scale / 2
