@@ -148,7 +148,8 @@ class TrainConfig:
     clip_global_norm: float = _field(
         0.0, "clip the gradient of the global batch to this global norm (0: off; the Hugging "
         "Face Trainer clips at 1.0)")
-    steps: int = _field(1000, "optimizer steps")
+    steps: int = _field(
+        1000, "training batches (optimizer steps divide them by gradient_accumulation_steps)")
     eval_every: int = _field(250, "steps between validations and backups")
     gradient_accumulation_steps: int = _field(1, "batches accumulated per optimizer step")
     dtype_policy: str = _field(
