@@ -10,11 +10,5 @@ import pytest  # noqa: E402
 def tiny_model():
     """A fresh tiny `DistillStepByStep` with short budgets."""
     from dss_keras import testing
-    from dss_keras.model import DistillStepByStep
 
-    return DistillStepByStep(
-        testing.tiny_seq2seq_lm(),
-        max_input_length=48,
-        max_label_length=4,
-        max_rationale_length=16,
-    )
+    return testing.tiny_model()
