@@ -67,9 +67,9 @@ directory). On one machine:
 
 ```
 export KERASTUNER_ORACLE_IP=127.0.0.1 KERASTUNER_ORACLE_PORT=8470
-KERASTUNER_TUNER_ID=chief  dss-keras tune --word-problems 2000 --project-dir runs/tune &
-KERASTUNER_TUNER_ID=tuner0 dss-keras tune --word-problems 2000 --project-dir runs/tune &
-KERASTUNER_TUNER_ID=tuner1 dss-keras tune --word-problems 2000 --project-dir runs/tune &
+KERASTUNER_TUNER_ID=chief  dss-keras tune --data word_problems --project-dir runs/tune &
+KERASTUNER_TUNER_ID=tuner0 dss-keras tune --data word_problems --project-dir runs/tune &
+KERASTUNER_TUNER_ID=tuner1 dss-keras tune --data word_problems --project-dir runs/tune &
 wait
 ```
 """

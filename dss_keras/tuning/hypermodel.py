@@ -181,7 +181,7 @@ class DSSHyperModel(keras_tuner.HyperModel):
             callbacks: Callbacks from the tuner; they run after the one that
                 logs `val_label_accuracy`.
             verbose: Keras progress bar setting (default: the hypermodel's).
-            backup_dir: A `BackupAndRestore` directory: an interrupted trial
+            backup_dir: A backup directory (`dss_keras.backup`): an interrupted trial
                 resumes from it.
         """
         if args or kwargs:
