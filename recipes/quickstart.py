@@ -1,6 +1,6 @@
 """Quickstart: distilling step-by-step vs. standard finetuning on generated word problems.
 
-    python recipes/quickstart.py                 # about 4 minutes on 2 CPU cores
+    python recipes/quickstart.py                 # about 2 minutes on 2 CPU cores
     python recipes/quickstart.py --steps 200 --seed 1
 
 The same as `dss-keras quickstart` (which `make demo` runs); `--help` lists the flags.
