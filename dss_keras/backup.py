@@ -37,12 +37,11 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 
 import keras
 
-from dss_keras.files import process_alive, write_json
+from dss_keras.files import remove_abandoned_staging, staging_dir, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +122,8 @@ class Backup:
     def save(self, model: keras.Model, state: BackupState) -> str:
         """Writes a new generation, then drops all but the newest `KEEP`."""
         os.makedirs(self.directory, exist_ok=True)
-        self._remove_unfinished()
-        staging = tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=self.directory)
+        remove_abandoned_staging(self.directory)
+        staging = staging_dir(self.directory, f"{state.epoch:06d}")
         weights = os.path.join(staging, WEIGHTS)
         model.save_weights(weights)
         with open(weights, "rb+") as f:
@@ -140,16 +139,6 @@ class Backup:
         for old in self.generations()[KEEP:]:
             shutil.rmtree(old, ignore_errors=True)
         return target
-
-    def _remove_unfinished(self) -> None:
-        """Removes staging directories of writers that are gone."""
-        for name in os.listdir(self.directory):
-            if not name.startswith(".tmp-"):
-                continue
-            pid = name.split("-")[1]
-            if pid.isdigit() and int(pid) != os.getpid() and process_alive(int(pid)):
-                continue
-            shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
     def remove(self) -> None:
         """Deletes the whole backup (once the run is finished and saved)."""

@@ -25,13 +25,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from typing import Iterable
 
 import tensorflow as tf
 
 from dss_keras import decoding
-from dss_keras.files import process_alive
+from dss_keras.files import remove_abandoned_staging, staging_dir
 
 SIGNATURES = {"serving_default": "label", "explain": "rationale"}
 METADATA_PATH = os.path.join("assets.extra", "dss_keras.json")
@@ -173,8 +172,8 @@ def export_for_serving(
     module = ServingModule(
         model.seq2seq_lm, model.preprocessor, stop_at_end_token=stop_at_end_token
     )
-    _remove_abandoned_staging(export_dir)
-    staging = tempfile.mkdtemp(prefix=f".tmp-{version}-{os.getpid()}-", dir=export_dir)
+    remove_abandoned_staging(export_dir)
+    staging = staging_dir(export_dir, str(version))
     try:
         tf.saved_model.save(
             module,
@@ -201,18 +200,6 @@ def _make_world_readable(path: str) -> None:
             os.chmod(os.path.join(folder, name), 0o755)
         for name in files:
             os.chmod(os.path.join(folder, name), 0o644)
-
-
-def _remove_abandoned_staging(export_dir: str) -> None:
-    """Removes staging folders (`.tmp-<version>-<pid>-...`) whose export process is gone."""
-    for name in os.listdir(export_dir):
-        parts = name.split("-")
-        if not name.startswith(".tmp-") or len(parts) < 4 or not parts[2].isdigit():
-            continue
-        pid = int(parts[2])
-        if pid != os.getpid() and process_alive(pid):
-            continue
-        shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
 
 
 def next_version(export_dir: str | os.PathLike) -> int:

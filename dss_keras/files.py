@@ -50,3 +50,24 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def staging_dir(directory: str, tag: str) -> str:
+    """A new folder `<directory>/.tmp-<tag>-<pid>-...` to write into before a rename."""
+    import tempfile
+
+    return tempfile.mkdtemp(prefix=f".tmp-{tag}-{os.getpid()}-", dir=directory)
+
+
+def remove_abandoned_staging(directory: str) -> None:
+    """Removes `staging_dir` folders whose writing process is gone (it died mid-write)."""
+    import shutil
+
+    for name in os.listdir(directory):
+        parts = name.split("-")
+        if not name.startswith(".tmp-") or len(parts) < 4 or not parts[2].isdigit():
+            continue
+        pid = int(parts[2])
+        if pid != os.getpid() and process_alive(pid):
+            continue
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)

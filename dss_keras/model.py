@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from dss_keras import optimizers as _optimizers  # noqa: F401  (registers them for loading)

@@ -24,7 +24,6 @@ functions, so a run is the same run whichever of them starts it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -298,9 +297,10 @@ def fit(
     epochs = trained_steps(config) // steps_per_epoch
     backup = restored = None
     if backup_dir:
+        store = Backup(backup_dir)
         with strategy.scope():  # every worker restores from the chief's backup
-            restored = Backup(backup_dir).restore(model)
-        backup = BackupCallback(Backup(backup_dir), restored, write=chief)
+            restored = store.restore(model)
+        backup = BackupCallback(store, restored, write=chief)
     initial_epoch = restored.epoch if restored else 0
     with strategy.scope():
         dataset, report = make_dataset(

@@ -74,13 +74,8 @@ wait
 ```
 """
 
-from dss_keras.tuning.hypermodel import (
-    DEFAULT_ALPHAS,
-    DEFAULT_TRAIN_FRACTIONS,
-    OBJECTIVE,
-    TUNED_FIELDS,
-    DSSHyperModel,
-)
+from dss_keras.config import DEFAULT_ALPHAS, DEFAULT_TRAIN_FRACTIONS, TUNED_FIELDS
+from dss_keras.tuning.hypermodel import OBJECTIVE, DSSHyperModel
 from dss_keras.tuning.report import (
     COLUMNS,
     TuningReport,

@@ -10,13 +10,7 @@ import keras
 import keras_tuner
 
 from dss_keras import training
-from dss_keras.config import (  # noqa: F401  (re-exported)
-    DEFAULT_ALPHAS,
-    DEFAULT_TRAIN_FRACTIONS,
-    MODES,
-    TUNED_FIELDS,
-    TrainConfig,
-)
+from dss_keras.config import DEFAULT_ALPHAS, DEFAULT_TRAIN_FRACTIONS, MODES, TrainConfig
 from dss_keras.data.records import Record
 from dss_keras.data.sources import Splits
 from dss_keras.run_dir import VOCABULARY
