@@ -1,25 +1,39 @@
-"""Training throughput of distilling step-by-step: dss-keras against a PyTorch reference.
+"""Training throughput of distilling step-by-step: dss-keras against the authors' code.
 
-Both sides train the t5-v1_1-small shape (d_model 512, 8 encoder and 8 decoder
-layers, 6 heads, d_kv 64, d_ff 1024 gated tanh-GELU, vocabulary 32128, random
-init, dropout 0.1) with AdamW at batch 8 on the same CQA records with PaLM
-rationales (inputs up to 256 tokens, labels up to 16, rationales up to 128),
-tokenized with the same SentencePiece model. The reference
-(`torch_reference_train.py`) runs the authors' step: two forward passes of
-`T5ForConditionalGeneration` with labels, alpha-weighted, AdamW, random
-batches padded to their longest member. Each side runs in its own process, so
-peak memory is its own.
+Every side trains the t5-v1_1-small shape (d_model 512, 8 encoder and 8
+decoder layers, 6 heads, d_kv 64, d_ff 1024 gated tanh-GELU, vocabulary 32128,
+random init, dropout 0.1) on both tasks at batch 8 on the CQA training records
+with PaLM rationales, tokenized with one SentencePiece model trained here, all
+sequences cut at 256 tokens, with the authors' optimizer (AdamW, epsilon 1e-8,
+no weight decay, linear decay from 5e-5, clipping at global norm 1.0). Each
+side runs in its own process, one after the other, so peak RSS is its own.
 
-    python benchmarks/train_throughput.py                 # ~10 minutes on 2 cores
-    python benchmarks/train_throughput.py --steps 10 --variants default
+Sides:
+- `official`: the authors' `run.py` (PyTorch, Hugging Face Trainer) through
+  `run_official.sh` in the folder given to `--official`, on the same
+  records, SentencePiece model, shape and batch size (its first run installs
+  torch into its own venv). A `sitecustomize` hook (official_hooks/) counts
+  the tokens of the batches its collator builds; nothing else is changed.
+- `reference`: `torch_reference_train.py`, this project's re-expression of
+  their step in plain PyTorch (a second reference, not the peer).
+- `dss-keras (<variant>)`: `DistillStepByStep.fit` with the options of
+  VARIANTS: `fast` is what `dss-keras train` runs; `plain` turns every
+  speed option off; each other variant is `plain` plus one option, so that
+  each is measured alone.
 
-Prints examples/s, seconds/step and peak RSS per side and the ratios against
-the reference; `--json-out` writes them.
+    python benchmarks/train_throughput.py --official ../shared/peers/distilling-step-by-step
+    python benchmarks/train_throughput.py --steps 10 --variants fast --skip-reference
+
+Prints examples/s, seconds/step, peak RSS and the tokens (real and padded, per
+step, from the timed batches) of each side, with ratios against `official`
+(or the reference without it); `--json-out` writes every side with the same
+keys.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -31,49 +45,67 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "dss_official"
+MAX_LENGTH = 256  # the authors cut inputs (max_input_length) and targets (256) here
 SHAPE = dict(vocabulary_size=32128, num_layers=8, num_heads=6, hidden_dim=512,
              intermediate_dim=1024, key_value_dim=64, dropout=0.1)
-# name -> (jit_compile, length bucketing)
+PLAIN = dict(logits_at_targets_only=False, shared_encoder_pass=False, cache_tokens=False,
+             fused_adam=False, bucketing=True, jit_compile=False, lm_head_std=None)
+FAST = dict(PLAIN, logits_at_targets_only=True, fused_adam=True)
 VARIANTS = {
-    "default": (False, True),
-    "xla": (True, True),
-    "no-bucketing": (False, False),
+    "fast": FAST,
+    "plain": PLAIN,
+    "fused-adam": dict(PLAIN, fused_adam=True),
+    "gather": dict(PLAIN, logits_at_targets_only=True),
+    "shared-encoder": dict(PLAIN, shared_encoder_pass=True),
+    "cached-tokens": dict(PLAIN, cache_tokens=True),
+    "no-bucketing": dict(PLAIN, bucketing=False),
+    "all-four": dict(FAST, shared_encoder_pass=True, cache_tokens=True),
+    "xla": dict(PLAIN, jit_compile=True),
+    # The official stand-in's LM head init (Hugging Face's std 1.0, logits of std ~20).
+    "fast-hf-init": dict(FAST, lm_head_std=1.0),
 }
+TOKEN_KEYS = ("input_real", "input_padded", "target_real", "target_padded")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default=os.environ.get("DSS_DATA_DIR", str(DEFAULT_DATA)))
+    p.add_argument("--data-dir", default=os.environ.get("DSS_DATA_DIR", str(DEFAULT_DATA)),
+                   help="the release layout (cqa/cqa_train.json, cqa/llm/...)")
+    p.add_argument("--official", metavar="DIR",
+                   help="the authors' code with run_official.sh, run as the `official` side")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=20, help="timed steps per side")
-    p.add_argument("--warmup-steps", type=int, default=3)
-    p.add_argument("--num-records", type=int, default=2000)
-    p.add_argument("--variants", default="default,xla,no-bucketing",
-                   help=f"comma-separated dss-keras variants of {sorted(VARIANTS)}")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per side")
+    p.add_argument("--warmup-steps", type=int, default=5)
+    p.add_argument("--variants", default="fast,plain",
+                   help=f"comma-separated dss-keras variants of {list(VARIANTS)}")
     p.add_argument("--threads", type=int, default=os.cpu_count(),
                    help="intra-op threads of each side (TF and torch)")
-    p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--skip-reference", action="store_true",
+                   help="leave out torch_reference_train.py")
+    p.add_argument("--torch-python",
+                   help="the Python (with torch, transformers, sentencepiece) that runs the "
+                        "reference; default: this one if it has torch, else the venv that "
+                        "run_official.sh made ($VENV, default /tmp/dss-peer-venv)")
     p.add_argument("--json-out")
     # Internal: run one dss-keras variant in this process.
     p.add_argument("--side", choices=("driver", "keras"), default="driver",
                    help=argparse.SUPPRESS)
-    p.add_argument("--variant", default="default", help=argparse.SUPPRESS)
+    p.add_argument("--variant", default="fast", help=argparse.SUPPRESS)
     p.add_argument("--records", help=argparse.SUPPRESS)
     p.add_argument("--spm", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def prepare_inputs(args, workdir: Path) -> tuple[Path, Path]:
-    """CQA train records with a rationale, as JSONL, and a SentencePiece model."""
+    """All CQA train records with a rationale, as JSONL, and a SentencePiece model."""
     from dss_keras.backbones import train_sentencepiece
     from dss_keras.data.official import load_official
     from dss_keras.data.records import write_jsonl
 
     records = [r for r in load_official("cqa", args.data_dir, "train") if r.rationale]
-    records = records[: args.num_records]
     texts = []
     for r in records:
-        texts += [r.input, r.label, r.rationale]
+        texts += [r.input, r.label, r.rationale, "predict: explain:"]
     spm = workdir / "spm.model"
     spm.write_bytes(train_sentencepiece(texts, vocabulary_size=8000))
     path = workdir / "records.jsonl"
@@ -81,30 +113,74 @@ def prepare_inputs(args, workdir: Path) -> tuple[Path, Path]:
     return path, spm
 
 
+def _counting(dataset, counts: list):
+    """`dataset` that appends each batch's token counts to `counts` as it is produced.
+
+    Batches are produced in the order they are consumed (prefetching only runs
+    ahead), so `counts[i]` belongs to the i-th batch that `fit` trains on.
+    """
+    import tensorflow as tf
+
+    def note(*values):
+        counts.append([int(v) for v in values])
+        return 0
+
+    def count(x, y, w):
+        values = []
+        for task in x:
+            for side in ("encoder", "decoder"):
+                mask = x[task][f"{side}_padding_mask"]
+                values += [tf.reduce_sum(mask), tf.size(mask)]
+        done = tf.py_function(note, values, tf.int32)
+        with tf.control_dependencies([done]):
+            x = tf.nest.map_structure(tf.identity, x)
+        return x, y, w
+
+    return dataset.map(count)
+
+
 def run_keras(args) -> dict:
     """One dss-keras variant: fit for warmup + timed steps, timing each batch."""
     import keras
+    import numpy as np
     import tensorflow as tf
 
     from dss_keras.backbones import tiny_t5
+    from dss_keras.config import TrainConfig
     from dss_keras.data import make_dataset
     from dss_keras.data.records import read_jsonl
     from dss_keras.model import DistillStepByStep
+    from dss_keras.training import make_optimizer
 
-    jit_compile, bucketing = VARIANTS[args.variant]
+    options = VARIANTS[args.variant]
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     lm = tiny_t5(proto=Path(args.spm).read_bytes(), embedding_size=SHAPE["vocabulary_size"],
                  **{k: v for k, v in SHAPE.items() if k != "vocabulary_size"})
-    model = DistillStepByStep(lm, alpha=0.5, max_input_length=256, max_label_length=16,
-                              max_rationale_length=128)
-    model.compile(optimizer=keras.optimizers.AdamW(5e-5, weight_decay=0.0),
-                  jit_compile=jit_compile)
+    if options["lm_head_std"]:
+        head = lm.backbone.token_embedding.reverse_embeddings
+        head.assign(np.random.default_rng(0).normal(
+            0.0, options["lm_head_std"], head.shape).astype("float32"))
+    model = DistillStepByStep(
+        lm, alpha=0.5, max_input_length=MAX_LENGTH, max_label_length=MAX_LENGTH,
+        max_rationale_length=MAX_LENGTH,
+        logits_at_targets_only=options["logits_at_targets_only"],
+        shared_encoder_pass=options["shared_encoder_pass"])
+    total = args.warmup_steps + args.steps
+    config = TrainConfig(learning_rate=5e-5, lr_schedule="linear", steps=total,
+                         adam_epsilon=1e-8, clip_global_norm=1.0, batch_size=args.batch_size)
+    optimizer = make_optimizer(config)
+    if not options["fused_adam"]:  # Keras' own AdamW update, op by op
+        optimizer.update_step = functools.partial(keras.optimizers.AdamW.update_step, optimizer)
+    model.compile(optimizer=optimizer, jit_compile=options["jit_compile"])
     dataset, _ = make_dataset(
         read_jsonl(args.records), model.preprocessor, batch_size=args.batch_size,
         seed=0, repeat=True, drop_remainder=True,
-        bucket_boundaries=None if bucketing else [],
+        bucket_boundaries=None if options["bucketing"] else [],
+        cache_tokens=options["cache_tokens"], bounded_shapes=options["jit_compile"],
     )
+    counts: list = []
+    dataset = _counting(dataset, counts)
 
     class Timer(keras.callbacks.Callback):
         times, cpu_times = [], []
@@ -114,37 +190,132 @@ def run_keras(args) -> dict:
             self.cpu_times.append(time.process_time())
 
     timer = Timer()
-    total = args.warmup_steps + args.steps
+    start = time.perf_counter()
     model.fit(dataset, steps_per_epoch=total, epochs=1, callbacks=[timer], verbose=0)
+    first_step = timer.times[0] - start
+    durations = np.diff(timer.times[args.warmup_steps - 1:])
+    median = float(np.median(durations))
+    # Steps that took more than 3x the median compiled a new shape (XLA) or traced.
+    slow = durations[durations > 3 * median]
     seconds = timer.times[-1] - timer.times[args.warmup_steps - 1]
     cpu_seconds = timer.cpu_times[-1] - timer.cpu_times[args.warmup_steps - 1]
-    tokens = {"input_tokens": 0, "label_tokens": 0, "rationale_tokens": 0}
-    for x, _, w in dataset.take(args.steps):
-        tokens["input_tokens"] += int(tf.reduce_sum(x["label"]["encoder_padding_mask"]))
-        tokens["label_tokens"] += int(tf.reduce_sum(w["label"]))
-        tokens["rationale_tokens"] += int(tf.reduce_sum(w["rationale"]))
+    timed = np.array(counts[args.warmup_steps:total])  # [steps, task x (real, padded) x side]
+    tokens = {
+        "input_real": timed[:, 0::4].sum() / args.steps,
+        "input_padded": timed[:, 1::4].sum() / args.steps,
+        "target_real": timed[:, 2::4].sum() / args.steps,
+        "target_padded": timed[:, 3::4].sum() / args.steps,
+    }
+    shapes = {tuple(row[1::2] // args.batch_size) for row in np.array(counts[:total])}
     return {
         "side": f"dss-keras ({args.variant})",
         "examples_per_second": args.batch_size * args.steps / seconds,
         "seconds_per_step": seconds / args.steps,
-        "cpu_seconds_per_step": cpu_seconds / args.steps,
-        "threads": args.threads,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **{f"tokens_{k}": float(v) for k, v in tokens.items()},
+        "median_seconds_per_step": median,
+        "cpu_seconds_per_step": cpu_seconds / args.steps,
+        "first_step_seconds": first_step,
+        "slow_timed_steps": int(slow.size),
+        "slow_timed_steps_extra_seconds": float((slow - median).sum()),
+        "distinct_batch_shapes": len(shapes),
         "steps": args.steps,
         "batch_size": args.batch_size,
-        "jit_compile": jit_compile,
-        "bucketing": bucketing,
+        "threads": args.threads,
+        "options": options,
         "tensorflow_version": tf.__version__,
-        **{k: v / args.steps for k, v in tokens.items()},
     }
 
 
+def run_official(args, records: Path, spm: Path, workdir: Path) -> dict:
+    """The authors' run.py through run_official.sh, with its batches' tokens counted."""
+    official = Path(args.official).resolve()
+    script = official / "run_official.sh"
+    if not script.exists():
+        raise SystemExit(f"--official {args.official}: no run_official.sh there")
+    out, counts = workdir / "official.json", workdir / "official_tokens.jsonl"
+    env = {
+        **os.environ,
+        "MODES": "task_prefix", "DATASET": "cqa", "DATA_DIR": str(Path(args.data_dir).resolve()),
+        "BS": str(args.batch_size), "MAXLEN": str(MAX_LENGTH), "THREADS": str(args.threads),
+        "WARMUP": str(args.warmup_steps), "STEPS": str(args.warmup_steps + args.steps),
+        "SPM_MODEL": str(spm), "MODEL_VOCAB": str(SHAPE["vocabulary_size"]),
+        "JSON_OUT": str(out), "DSS_PEER_TOKEN_COUNTS": str(counts),
+        "PYTHONPATH": os.pathsep.join(
+            [str(HERE / "official_hooks")] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+    }
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{script} failed:\n{done.stderr[-4000:]}")
+    result = json.loads(out.read_text().splitlines()[0])
+    calls = [json.loads(line) for line in counts.read_text().splitlines()]
+    # Two collator calls per step (predict, explain); bench_run times steps warmup+1..total.
+    timed = calls[2 * args.warmup_steps: 2 * (args.warmup_steps + args.steps)]
+    tokens = {k: sum(c[k] for c in timed) / args.steps for k in TOKEN_KEYS}
+    result.update({"side": "official", **{f"tokens_{k}": v for k, v in tokens.items()}})
+    return result
+
+
+def _torch_python(args) -> str:
+    if args.torch_python:
+        return args.torch_python
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
+        return sys.executable
+    venv = Path(os.environ.get("VENV", "/tmp/dss-peer-venv"))
+    if not (venv / "bin" / "python").exists():
+        raise SystemExit("The reference needs torch: pass --torch-python, or --official first "
+                         "(run_official.sh makes a venv with torch), or --skip-reference")
+    return str(venv / "bin" / "python")
+
+
+def run_reference(args, records: Path, spm: Path, workdir: Path) -> dict:
+    out = workdir / "reference.json"
+    command = [_torch_python(args), str(HERE / "torch_reference_train.py"),
+               "--records", str(records), "--spm", str(spm),
+               "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+               "--warmup-steps", str(args.warmup_steps), "--threads", str(args.threads),
+               "--max-input-length", str(MAX_LENGTH), "--max-label-length", str(MAX_LENGTH),
+               "--max-rationale-length", str(MAX_LENGTH), "--max-grad-norm", "1.0",
+               "--json-out", str(out)]
+    result = _run_json(command, out)
+    tokens = {
+        "input_real": result["input_tokens"], "input_padded": result["padded_input_tokens"],
+        "target_real": result["label_tokens"] + result["rationale_tokens"],
+        "target_padded": result["padded_label_tokens"] + result["padded_rationale_tokens"],
+    }
+    return {"side": "reference", "examples_per_second": result["examples_per_second"],
+            "seconds_per_step": result["seconds_per_step"],
+            "peak_rss_mb": result["peak_rss_mb"],
+            **{f"tokens_{k}": v for k, v in tokens.items()}}
+
+
 def _run_json(command: list[str], json_path: Path) -> dict:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:3])} failed:\n{done.stderr[-4000:]}")
     return json.loads(json_path.read_text())
+
+
+def print_table(args, results: list[dict]) -> None:
+    base = results[0]
+    print(f"\nbatch {args.batch_size}, {args.steps} timed steps after {args.warmup_steps} "
+          f"warm-up steps, {args.threads} threads, {os.cpu_count()} CPU cores, "
+          f"load average before: {os.getloadavg()[0]:.2f}\n")
+    print(f"{'side':28s}{'ex/s':>7s}{'s/step':>8s}{'median':>8s}{'peak RSS MB':>12s}"
+          f"{'input real/padded':>19s}{'target real/padded':>20s}"
+          f"{'speed vs ' + base['side'][:9]:>20s}{'RSS vs':>8s}")
+    for r in results:
+        median = r.get("median_seconds_per_step")
+        print(f"{r['side']:28s}{r['examples_per_second']:7.2f}{r['seconds_per_step']:8.3f}"
+              + (f"{median:8.3f}" if median else f"{'':8s}") + f"{r['peak_rss_mb']:12.0f}"
+              f"{r['tokens_input_real']:10.0f}/{r['tokens_input_padded']:<8.0f}"
+              f"{r['tokens_target_real']:11.0f}/{r['tokens_target_padded']:<8.0f}"
+              f"{r['examples_per_second'] / base['examples_per_second']:19.2f}x"
+              f"{r['peak_rss_mb'] / base['peak_rss_mb']:7.2f}x")
+    print("\ntokens are per step, both tasks, from the timed batches")
 
 
 def main(argv=None) -> int:
@@ -157,40 +328,26 @@ def main(argv=None) -> int:
     variants = [v for v in args.variants.split(",") if v]
     for variant in variants:
         if variant not in VARIANTS:
-            raise SystemExit(f"Unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
+            raise SystemExit(f"Unknown variant {variant!r}; choose from {list(VARIANTS)}")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         records, spm = prepare_inputs(args, workdir)
+        results = []
+        if args.official:
+            results.append(run_official(args, records, spm, workdir))
+        if not args.skip_reference:
+            results.append(run_reference(args, records, spm, workdir))
         common = ["--records", str(records), "--spm", str(spm),
                   "--batch-size", str(args.batch_size), "--steps", str(args.steps),
                   "--warmup-steps", str(args.warmup_steps), "--threads", str(args.threads)]
-        results = []
-        if not args.skip_reference:
-            out = workdir / "torch.json"
-            reference = _run_json(
-                [sys.executable, str(HERE / "torch_reference_train.py"), *common,
-                 "--json-out", str(out)], out)
-            reference["side"] = "PyTorch reference"
-            results.append(reference)
         for variant in variants:
             out = workdir / f"keras-{variant}.json"
             results.append(_run_json(
                 [sys.executable, __file__, "--side", "keras", "--variant", variant, *common,
                  "--json-out", str(out)], out))
-
-    base = results[0]["examples_per_second"] if not args.skip_reference else None
-    print(f"\nbatch {args.batch_size}, {args.steps} timed steps after {args.warmup_steps} "
-          f"warm-up steps, {os.cpu_count()} CPU cores\n")
-    print(f"{'side':32s}{'examples/s':>12s}{'s/step':>9s}{'CPU s/step':>12s}"
-          f"{'peak RSS MB':>13s}{'vs reference':>14s}")
-    for r in results:
-        ratio = f"{r['examples_per_second'] / base:13.2f}x" if base else ""
-        cpu = r.get("cpu_seconds_per_step")
-        if cpu is None and "phase_cpu_seconds_per_step" in r:
-            cpu = sum(r["phase_cpu_seconds_per_step"].values())
-        cpu = f"{cpu:12.2f}" if cpu is not None else f"{'':12s}"
-        print(f"{r['side']:32s}{r['examples_per_second']:12.2f}{r['seconds_per_step']:9.3f}"
-              f"{cpu}{r['peak_rss_mb']:13.0f}{ratio}")
+            print(f"{results[-1]['side']}: {results[-1]['seconds_per_step']:.3f} s/step",
+                  file=sys.stderr, flush=True)
+    print_table(args, results)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))
     return 0

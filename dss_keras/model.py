@@ -12,6 +12,7 @@ from dss_keras.config import MODES
 from dss_keras.decoding import decoder_for
 from dss_keras.metrics.token_mean import TokenMean
 from dss_keras.preprocessor import TASKS, MultiTaskPreprocessor
+from dss_keras.seq2seq_parts import Seq2SeqParts
 
 
 def _all_reduce_sum(value):
@@ -60,6 +61,16 @@ class DistillStepByStep(keras.Model):
         sequence_layout: The special ids of the sequences
             (`encoder_start_ids`, `decoder_start_ids`, `end_token_id`,
             `pad_token_id`); read off `seq2seq_lm.preprocessor` by default.
+        logits_at_targets_only: Project onto the vocabulary only the decoder
+            states of real target tokens, not padding (the same loss, less
+            work; not under XLA, which needs static shapes).
+        shared_encoder_pass: Run the `predict:` and `explain:` inputs through
+            the encoder as one batch (T5 only). Off by default: on CPU it did
+            not pay (see BENCHMARKS.md).
+
+    With either option a T5 or BART model is called in pieces
+    (`dss_keras.seq2seq_parts`); other models always run whole. The loss and
+    its gradients are the same either way.
 
     Examples:
 
@@ -89,6 +100,8 @@ class DistillStepByStep(keras.Model):
         max_label_length: int = 32,
         max_rationale_length: int = 256,
         sequence_layout: dict | None = None,
+        logits_at_targets_only: bool = True,
+        shared_encoder_pass: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -99,6 +112,9 @@ class DistillStepByStep(keras.Model):
         self.seq2seq_lm = seq2seq_lm
         self.alpha = float(alpha)
         self.mode = mode
+        self.logits_at_targets_only = bool(logits_at_targets_only)
+        self.shared_encoder_pass = bool(shared_encoder_pass)
+        self._parts = Seq2SeqParts.of(seq2seq_lm)
         self.preprocessor = MultiTaskPreprocessor.from_seq2seq_lm(
             seq2seq_lm,
             **(sequence_layout or {}),
@@ -135,18 +151,65 @@ class DistillStepByStep(keras.Model):
 
     # --- losses ------------------------------------------------------------
 
-    def _task_statistics(self, x, y, sample_weight, task, training):
-        """Token cross-entropy sum, token count and correct-token count of one task."""
-        logits = tf.cast(self.seq2seq_lm(x[task], training=training), "float32")
-        targets = tf.cast(y[task], "int32")
-        weights = tf.cast(sample_weight[task], "float32")
+    def _decoder_hidden_states(self, x, training):
+        """Per task, the decoder's hidden states (the fast path's first half).
+
+        With `shared_encoder_pass` and both tasks, the `predict:` and
+        `explain:` rows go through the encoder as one batch (padded to the
+        longer of the two) and each task's decoder reads its own rows.
+        """
+        parts = self._parts
+        if not (self.shared_encoder_pass and parts.can_split_encoder and len(self.tasks) == 2):
+            return {task: parts.hidden_states(x[task], training=training) for task in self.tasks}
+        inputs = [x[task] for task in self.tasks]
+        length = tf.reduce_max([tf.shape(i["encoder_token_ids"])[1] for i in inputs])
+
+        def stacked(key):
+            return tf.concat([tf.pad(i[key], [[0, 0], [0, length - tf.shape(i[key])[1]]])
+                              for i in inputs], axis=0)
+
+        token_ids, padding_mask = stacked("encoder_token_ids"), stacked("encoder_padding_mask")
+        outputs = parts.encode(token_ids, padding_mask, training=training)
+        rows = tf.shape(inputs[0]["encoder_token_ids"])[0]
+        hidden = {}
+        for index, task in enumerate(self.tasks):
+            own = slice(index * rows, (index + 1) * rows)
+            hidden[task] = parts.decode(
+                x[task]["decoder_token_ids"], x[task]["decoder_padding_mask"],
+                outputs[own], padding_mask[own], training=training)
+        return hidden
+
+    def _task_logits(self, x, y, sample_weight, training):
+        """Per task `(logits, targets, weights)`, gathered at real targets on the fast path."""
+        if self._parts is None or not (self.logits_at_targets_only or self.shared_encoder_pass):
+            return {task: (self.seq2seq_lm(x[task], training=training), y[task],
+                           sample_weight[task]) for task in self.tasks}
+        gather = self.logits_at_targets_only and not self.jit_compile
+        outputs = {}
+        for task, hidden in self._decoder_hidden_states(x, training).items():
+            targets, weights = y[task], sample_weight[task]
+            if gather:
+                # XLA wants static shapes, so a jit-compiled step projects every position.
+                positions = tf.where(weights > 0)
+                hidden = tf.gather_nd(hidden, positions)
+                targets = tf.gather_nd(targets, positions)
+                weights = tf.gather_nd(weights, positions)
+            outputs[task] = (self._parts.vocabulary_logits(hidden), targets, weights)
+        return outputs
+
+    @staticmethod
+    def _token_statistics(logits, targets, weights, examples):
+        """Token cross-entropy sum, token count, correct-token count and examples."""
+        logits = tf.cast(logits, "float32")
+        targets = tf.cast(targets, "int32")
+        weights = tf.cast(weights, "float32")
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
         correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), targets), "float32")
         return (
             tf.reduce_sum(losses * weights),
             tf.reduce_sum(weights),
             tf.reduce_sum(correct * weights),
-            tf.shape(targets)[0],
+            examples,
         )
 
     def compute_task_losses(self, x, y, sample_weight, training=False):
@@ -163,8 +226,11 @@ class DistillStepByStep(keras.Model):
             replica.
         """
         statistics, loss = {}, 0.0
+        task_logits = self._task_logits(x, y, sample_weight, training)
         for task in self.tasks:
-            statistics[task] = self._task_statistics(x, y, sample_weight, task, training)
+            logits, targets, weights = task_logits[task]
+            statistics[task] = self._token_statistics(logits, targets, weights,
+                                                      tf.shape(y[task])[0])
             total, count = statistics[task][:2]
             task_loss = tf.math.divide_no_nan(total, _all_reduce_sum(count))
             weight = 1.0 if self.mode == "standard" else (
@@ -268,6 +334,8 @@ class DistillStepByStep(keras.Model):
                 "max_input_length": pre.max_input_length,
                 "max_label_length": pre.max_label_length,
                 "max_rationale_length": pre.max_rationale_length,
+                "logits_at_targets_only": self.logits_at_targets_only,
+                "shared_encoder_pass": self.shared_encoder_pass,
                 "sequence_layout": {
                     "encoder_start_ids": pre.encoder_start_ids,
                     "decoder_start_ids": pre.decoder_start_ids,

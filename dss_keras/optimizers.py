@@ -10,7 +10,8 @@ builds it from a `TrainConfig`; this module holds the two pieces Keras lacks:
   (0-based), counting optimizer steps even with gradient accumulation;
 - `AdamW`: Keras' AdamW with dense gradients, whose `global_clipnorm` clips
   the gradient of the global batch under a `tf.distribute` strategy (Keras
-  clips each replica's share before summing them).
+  clips each replica's share before summing them), and which updates each
+  weight and its two moments in one fused kernel.
 """
 
 from __future__ import annotations
@@ -89,6 +90,11 @@ class AdamW(keras.optimizers.AdamW):
     handed on divided by the number of replicas (Keras sums them again).
     Without clipping or without replicas it is Keras' AdamW.
 
+    Outside a `tf.distribute` strategy each update is TensorFlow's fused
+    `ResourceApplyAdam` kernel, which computes Keras' Adam update (the same
+    formula, bias correction and epsilon) in one pass over the weight and its
+    moments, in place, instead of a handful of whole-tensor temporaries.
+
     Examples:
 
     >>> optimizer = AdamW(learning_rate=0.1, global_clipnorm=1.0)
@@ -102,6 +108,29 @@ class AdamW(keras.optimizers.AdamW):
         grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
                  for g in grads]
         return super().apply(grads, trainable_variables)
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.amsgrad or tf.distribute.has_strategy() or not hasattr(variable, "handle"):
+            return super().update_step(gradient, variable, learning_rate)
+        index = self._get_variable_index(variable)
+        dtype = variable.dtype
+        step = tf.cast(self.iterations + 1, dtype)
+
+        def constant(value):
+            return tf.cast(value, dtype)
+
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle,
+            m=self._momentums[index].value.handle,
+            v=self._velocities[index].value.handle,
+            beta1_power=tf.pow(constant(self.beta_1), step),
+            beta2_power=tf.pow(constant(self.beta_2), step),
+            lr=constant(learning_rate),
+            beta1=constant(self.beta_1),
+            beta2=constant(self.beta_2),
+            epsilon=constant(self.epsilon),
+            grad=tf.cast(gradient, dtype),
+        )
 
     def _clip_gradients(self, grads):
         context = tf.distribute.get_replica_context()

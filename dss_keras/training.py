@@ -303,9 +303,11 @@ def fit(
         backup = BackupCallback(store, restored, write=chief)
     initial_epoch = restored.epoch if restored else 0
     with strategy.scope():
+        # A jit-compiled (XLA) step compiles once per batch shape: keep the shapes few.
         dataset, report = make_dataset(
             records, model.preprocessor, mode=config.mode, label_source=config.label_source,
             batch_size=config.batch_size, seed=config.seed, repeat=True,
+            bounded_shapes=bool(model.jit_compile),
         )
     # The order of the batches depends on the seed only (not on how many iterators Keras
     # makes), so a resumed fit goes on with the batches the interrupted one had not reached.
@@ -318,6 +320,7 @@ def fit(
             validation_dataset, _ = make_dataset(
                 splits.validation, model.preprocessor, mode=config.mode, label_source="gt",
                 batch_size=config.eval_batch_size, shuffle=False,
+                bounded_shapes=bool(model.jit_compile),
             )
         validation_dataset = _shard_by_data(validation_dataset)
         evaluation = GenerationEvaluation(splits.validation, config.metric,

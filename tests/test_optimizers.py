@@ -119,3 +119,28 @@ def test_mixed_float16_scales_the_loss_and_skips_overflowing_steps(tmp_path):
     optimizer.apply([tf.fill(v.shape, np.inf) for v in variables], variables)
     assert all(np.array_equal(a, b) for a, b in zip(after_step, model.get_weights()))
     assert float(optimizer.dynamic_scale.numpy()) == scale / 2
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_fused_update_is_keras_adamw(weight_decay):
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(6, 4)).astype("float32")
+    gradients = [rng.normal(size=(6, 4)).astype("float32") for _ in range(5)]
+    weights = []
+    for cls in (keras.optimizers.AdamW, optimizers.AdamW):
+        variable = keras.Variable(start)
+        optimizer = cls(learning_rate=1e-2, weight_decay=weight_decay, epsilon=1e-8)
+        step = _apply_function(optimizer, variable)
+        for gradient in gradients:
+            step(tf.constant(gradient))
+        weights.append(variable.numpy())
+    assert np.abs(weights[1] - start).max() > 1e-2  # it moved
+    np.testing.assert_allclose(weights[1], weights[0], rtol=1e-5, atol=1e-6)
+
+
+def _apply_function(optimizer, variable):
+    @tf.function
+    def step(gradient):
+        optimizer.apply([gradient], [variable])
+
+    return step

@@ -7,9 +7,12 @@ task. `x[task]` holds KerasHub's `encoder_token_ids`, `encoder_padding_mask`,
 whole rationale of an example that has no rationale. Both tasks of an example
 always sit in the same row of the same batch.
 
-Tokenization runs in the graph, examples are bucketed by length so that a
-batch is padded only as far as its longest member, the order is shuffled
-deterministically from a seed, and the next batches are prefetched.
+Tokenization runs in the graph (`cache_tokens` keeps the tokens after the
+first pass), examples are bucketed by length so that a batch is padded
+only as far as its longest member, the order is shuffled deterministically
+from a seed, and the next batches are prefetched. For XLA, `bounded_shapes`
+pads each batch further, to one of a few lengths, so that a jit-compiled step
+compiles once per length and not once per batch.
 """
 
 from __future__ import annotations
@@ -69,6 +72,32 @@ def _default_boundaries(limit: int) -> list[int]:
     return boundaries
 
 
+def _bounded_lengths(limit: int) -> list[int]:
+    """Powers of two from 8 below `limit`, then `limit`: the lengths of `bounded_shapes`."""
+    return [length for length in (2**k for k in range(3, 31)) if length < limit] + [limit]
+
+
+def _pad_to_bounded_lengths(batch: dict, limits: dict, padding_values: dict) -> dict:
+    """Pads each task's encoder and decoder tensors to the next of `_bounded_lengths`."""
+
+    def padded(tensor, length, value):
+        return tf.pad(tensor, [[0, 0], [0, length - tf.shape(tensor)[1]]],
+                      constant_values=tf.cast(value, tensor.dtype))
+
+    out = {}
+    for task, tensors in batch.items():
+        out[task] = {}
+        for side, keys in (("encoder", ("encoder_token_ids", "encoder_padding_mask")),
+                           ("decoder", ("decoder_token_ids", "decoder_padding_mask",
+                                        "target_ids", "target_weights"))):
+            lengths = tf.constant(_bounded_lengths(limits[task][side]))
+            actual = tf.shape(tensors[keys[0]])[1]
+            length = tf.reduce_min(tf.boolean_mask(lengths, lengths >= actual))
+            for key in keys:
+                out[task][key] = padded(tensors[key], length, padding_values[task][key])
+    return out
+
+
 def _to_model_batch(batch: dict):
     x = {task: {k: batch[task][k] for k in _MODEL_INPUTS} for task in batch}
     y = {task: batch[task]["target_ids"] for task in batch}
@@ -88,6 +117,8 @@ def make_dataset(
     repeat: bool = False,
     bucket_boundaries: Sequence[int] | None = None,
     drop_remainder: bool = False,
+    cache_tokens: bool = False,
+    bounded_shapes: bool = False,
 ) -> tuple[tf.data.Dataset, PipelineReport]:
     """Builds the batched dataset of one or both tasks from records.
 
@@ -107,6 +138,13 @@ def make_dataset(
             sequence of an example) of the length buckets; `None` picks
             powers of two from 16, `[]` turns bucketing off.
         drop_remainder: Drop batches smaller than `batch_size`.
+        cache_tokens: Tokenize each example once and keep the tokens in
+            memory, instead of tokenizing again on every pass (no faster at
+            the t5-small shape on CPU, see BENCHMARKS.md; may help tiny
+            models).
+        bounded_shapes: Pad each batch's encoder and decoder lengths up to
+            the next power of two (or the length budget), as a jit-compiled
+            (XLA) train step wants.
 
     Returns:
         `(dataset, report)`.
@@ -163,15 +201,20 @@ def make_dataset(
         features["rationale"] = tf.constant(rationales, tf.string)
         features["has_rationale"] = tf.constant(np.array(has_rationale, np.float32))
     dataset = tf.data.Dataset.from_tensor_slices(features)
+
+    def tokenize(dataset):
+        return dataset.map(lambda f: preprocessor.pack_example(f, tasks),
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    if cache_tokens:
+        # The shuffle below draws the same order from the seed whatever it shuffles.
+        dataset = tokenize(dataset).cache()
     if shuffle:
         dataset = dataset.shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
-    dataset = dataset.map(
-        lambda f: preprocessor.pack_example(f, tasks),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
+    if not cache_tokens:
+        dataset = tokenize(dataset)
     padding_values = {
         task: {
             "encoder_token_ids": preprocessor.pad_token_id,
@@ -200,6 +243,11 @@ def make_dataset(
         dataset = dataset.padded_batch(
             batch_size, padding_values=padding_values, drop_remainder=drop_remainder
         )
+    if bounded_shapes:
+        limits = {task: {"encoder": preprocessor.max_input_length,
+                         "decoder": preprocessor.max_target_length(task)} for task in tasks}
+        dataset = dataset.map(lambda b: _pad_to_bounded_lengths(b, limits, padding_values),
+                              num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.map(_to_model_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE), report
 

@@ -1,0 +1,167 @@
+"""The fast training path computes the plain path's loss and gradients, with less work."""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dss_keras import optimizers, testing
+from dss_keras.data import make_dataset
+from dss_keras.model import DistillStepByStep
+from dss_keras.seq2seq_parts import Seq2SeqParts
+
+FAST_OPTIONS = {
+    "gather": dict(logits_at_targets_only=True, shared_encoder_pass=False),
+    "shared_encoder": dict(logits_at_targets_only=False, shared_encoder_pass=True),
+    "both": dict(logits_at_targets_only=True, shared_encoder_pass=True),
+}
+PLAIN = dict(logits_at_targets_only=False, shared_encoder_pass=False)
+
+
+def _model(mode="distill_step_by_step", lm=None, **options):
+    lm = lm or testing.tiny_seq2seq_lm(hidden_dim=32, num_layers=2)
+    return DistillStepByStep(lm, mode=mode, max_input_length=48, max_label_length=4,
+                             max_rationale_length=16, **options)
+
+
+def _batch(model, mode="distill_step_by_step", **kwargs):
+    records = testing.toy_records(12)
+    # Some examples without a rationale: their rationale weights are all zero.
+    records = [r if i % 4 else dataclasses.replace(r, rationale=None)
+               for i, r in enumerate(records)]
+    dataset, _ = make_dataset(records, model.preprocessor, mode=mode, batch_size=12,
+                              shuffle=False, **kwargs)
+    return next(iter(dataset))
+
+
+def _plain_and_fast(options, mode="distill_step_by_step"):
+    """Two models around one seq2seq LM (so, the same weights)."""
+    plain = _model(mode, **PLAIN)
+    return plain, _model(mode, lm=plain.seq2seq_lm, **options)
+
+
+def test_parts_give_the_logits_of_the_whole_model():
+    lm = testing.tiny_seq2seq_lm(num_layers=2)
+    model = DistillStepByStep(lm, max_input_length=48, max_label_length=4,
+                              max_rationale_length=16)
+    x, _, _ = _batch(model)
+    parts = Seq2SeqParts.of(lm)
+    for task in ("label", "rationale"):
+        inputs = x[task]
+        whole = lm(inputs, training=False)
+        np.testing.assert_allclose(parts.vocabulary_logits(parts.hidden_states(inputs)), whole,
+                                   atol=1e-5)
+        encoded = parts.encode(inputs["encoder_token_ids"], inputs["encoder_padding_mask"])
+        decoded = parts.decode(inputs["decoder_token_ids"], inputs["decoder_padding_mask"],
+                               encoded, inputs["encoder_padding_mask"])
+        np.testing.assert_allclose(parts.vocabulary_logits(decoded), whole, atol=1e-5)
+
+
+def test_parts_of_other_models_are_unknown_and_they_train_whole():
+    class Other(keras.Model):
+        pass
+
+    assert Seq2SeqParts.of(Other()) is None
+
+
+@pytest.mark.parametrize("name", sorted(FAST_OPTIONS))
+@pytest.mark.parametrize("mode", ["distill_step_by_step", "standard"])
+def test_fast_loss_equals_the_plain_loss(name, mode):
+    plain, fast = _plain_and_fast(FAST_OPTIONS[name], mode)
+    x, y, w = _batch(plain, mode)
+    plain_loss, plain_stats = plain.compute_task_losses(x, y, w)
+    fast_loss, fast_stats = fast.compute_task_losses(x, y, w)
+    np.testing.assert_allclose(fast_loss, plain_loss, rtol=1e-5)
+    assert set(fast_stats) == set(plain_stats) == set(plain.tasks)
+    for task in plain.tasks:
+        for got, want in zip(fast_stats[task], plain_stats[task]):
+            np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(FAST_OPTIONS))
+def test_fast_path_changes_no_gradient(name):
+    plain, fast = _plain_and_fast(FAST_OPTIONS[name])
+    x, y, w = _batch(plain)
+
+    def gradients(model):
+        with tf.GradientTape() as tape:
+            loss, _ = model.compute_task_losses(x, y, w, training=True)  # dropout is 0
+        return [tf.convert_to_tensor(g) for g in
+                tape.gradient(loss, model.trainable_variables)]
+
+    plain_gradients, fast_gradients = gradients(plain), gradients(fast)
+    assert len(plain_gradients) == len(fast_gradients) > 10
+    for variable, got, want in zip(plain.trainable_variables, fast_gradients, plain_gradients):
+        scale = float(tf.reduce_max(tf.abs(want))) + 1e-12
+        np.testing.assert_allclose(got / scale, want / scale, atol=1e-5, err_msg=variable.path)
+    # The gradients are not trivially zero.
+    assert sum(float(tf.reduce_sum(tf.abs(g))) for g in plain_gradients) > 1e-3
+
+
+def test_gathering_projects_only_real_target_tokens(monkeypatch):
+    _, fast = _plain_and_fast(FAST_OPTIONS["both"])
+    x, y, w = _batch(fast)
+    rows = []
+    project = fast._parts.vocabulary_logits
+    monkeypatch.setattr(fast._parts, "vocabulary_logits",
+                        lambda hidden: rows.append(hidden.shape[0]) or project(hidden))
+    fast.compute_task_losses(x, y, w)
+    assert rows == [int(tf.reduce_sum(w["label"])), int(tf.reduce_sum(w["rationale"]))]
+    assert rows[1] < w["rationale"].shape[0] * w["rationale"].shape[1]
+
+
+def test_fast_and_plain_fits_train_the_same_weights():
+    plain, fast = _plain_and_fast(FAST_OPTIONS["both"])
+    start = plain.get_weights()
+    dataset, _ = make_dataset(testing.toy_records(24), plain.preprocessor, batch_size=8,
+                              shuffle=False)
+    trained = {}
+    for name, model in (("plain", plain), ("fast", fast)):
+        model.set_weights(start)
+        # dss_keras' AdamW: Keras' sums sparse gradient pieces as if they were rows.
+        model.compile(optimizer=optimizers.AdamW(1e-2))
+        history = model.fit(dataset, epochs=2, verbose=0).history
+        trained[name] = history["loss"], model.get_weights()
+    np.testing.assert_allclose(trained["fast"][0], trained["plain"][0], rtol=1e-4)
+    moved = max(np.abs(w - s).max() for w, s in zip(trained["plain"][1], start))
+    assert moved > 1e-3
+    # Adam turns float-rounding differences of near-zero gradients (rare embedding rows)
+    # into up to a few percent of a step (lr 1e-2); the gradient test above is the strict one.
+    for got, want in zip(trained["fast"][1], trained["plain"][1]):
+        np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+def test_fast_path_options_survive_saving(tmp_path):
+    model = _model(logits_at_targets_only=False, shared_encoder_pass=True)
+    model.save(tmp_path / "model.keras")
+    restored = keras.saving.load_model(tmp_path / "model.keras")
+    assert (restored.logits_at_targets_only, restored.shared_encoder_pass) == (False, True)
+
+
+def test_bounded_shapes_pad_to_few_lengths_and_change_no_loss():
+    model = _model()
+    x, y, w = _batch(model)
+    bx, by, bw = _batch(model, bounded_shapes=True)
+    for task in ("label", "rationale"):
+        assert bx[task]["encoder_token_ids"].shape[1] in (8, 16, 32, 48)
+        limit = 4 if task == "label" else 16
+        assert bx[task]["decoder_token_ids"].shape[1] in sorted({8, limit} & set(range(limit + 1)))
+        for key in ("encoder_padding_mask", "decoder_padding_mask"):
+            assert int(tf.reduce_sum(bx[task][key])) == int(tf.reduce_sum(x[task][key]))
+        assert float(tf.reduce_sum(bw[task])) == float(tf.reduce_sum(w[task]))
+    np.testing.assert_allclose(model.compute_task_losses(bx, by, bw)[0],
+                               model.compute_task_losses(x, y, w)[0], rtol=1e-5)
+
+
+def test_cached_tokens_give_the_same_batches_in_the_same_order():
+    model = _model()
+    records = testing.toy_records(40)
+    batches = {}
+    for cache in (True, False):
+        dataset, _ = make_dataset(records, model.preprocessor, batch_size=8, seed=5,
+                                  repeat=True, cache_tokens=cache)
+        batches[cache] = list(dataset.take(12).as_numpy_iterator())  # 2.4 passes
+    for cached, fresh in zip(batches[True], batches[False]):
+        tf.nest.map_structure(np.testing.assert_array_equal, cached, fresh)
