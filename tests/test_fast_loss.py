@@ -165,3 +165,16 @@ def test_cached_tokens_give_the_same_batches_in_the_same_order():
         batches[cache] = list(dataset.take(12).as_numpy_iterator())  # 2.4 passes
     for cached, fresh in zip(batches[True], batches[False]):
         tf.nest.map_structure(np.testing.assert_array_equal, cached, fresh)
+
+
+@pytest.mark.slow
+def test_a_jit_compiled_model_gives_the_plain_loss_on_bounded_batches():
+    plain, fast = _plain_and_fast(FAST_OPTIONS["gather"])
+    dataset, _ = make_dataset(testing.toy_records(16), plain.preprocessor, batch_size=8,
+                              shuffle=False, bounded_shapes=True)
+    plain.compile(optimizer="adam", jit_compile=False)
+    fast.compile(optimizer="adam", jit_compile=True)  # XLA: every position is projected
+    want = plain.evaluate(dataset, verbose=0, return_dict=True)
+    got = fast.evaluate(dataset, verbose=0, return_dict=True)
+    for name in ("loss", "label_loss", "rationale_loss"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5)
