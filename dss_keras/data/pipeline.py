@@ -140,8 +140,7 @@ def make_dataset(
         drop_remainder: Drop batches smaller than `batch_size`.
         cache_tokens: Tokenize each example once and keep the tokens in
             memory, instead of tokenizing again on every pass (no faster at
-            the t5-small shape on CPU, see BENCHMARKS.md; may help tiny
-            models).
+            the t5-small shape on CPU, see BENCHMARKS.md).
         bounded_shapes: Pad each batch's encoder and decoder lengths up to
             the next power of two (or the length budget), as a jit-compiled
             (XLA) train step wants.
