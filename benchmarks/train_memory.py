@@ -68,12 +68,9 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(HERE))
     import train_throughput as bench
 
-    from dss_keras.backbones import tiny_t5
-    from dss_keras.config import TrainConfig
-    from dss_keras.data import make_dataset
+    import dss_keras.model  # noqa: F401  (KerasHub and TF Text come with it)
+    import dss_keras.training  # noqa: F401
     from dss_keras.data.records import read_jsonl
-    from dss_keras.model import DistillStepByStep
-    from dss_keras.training import make_optimizer
 
     _report("dss_keras (KerasHub, TF Text) imported")
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,16 +79,8 @@ def main(argv=None) -> int:
         records_path, spm = bench.prepare_inputs(bench_args, Path(tmp))
         records = read_jsonl(records_path)
         proto = spm.read_bytes()
-    shape = {k: v for k, v in bench.SHAPE.items() if k != "vocabulary_size"}
-    lm = tiny_t5(proto=proto, embedding_size=bench.SHAPE["vocabulary_size"], **shape)
-    model = DistillStepByStep(lm, max_input_length=bench.MAX_LENGTH,
-                              max_label_length=bench.MAX_LENGTH,
-                              max_rationale_length=bench.MAX_LENGTH)
-    config = TrainConfig(learning_rate=5e-5, lr_schedule="linear", steps=args.steps,
-                         adam_epsilon=1e-8, clip_global_norm=1.0, batch_size=8)
-    model.compile(optimizer=make_optimizer(config))
-    dataset, _ = make_dataset(records, model.preprocessor, batch_size=8, seed=0, repeat=True,
-                              drop_remainder=True)
+    model, dataset = bench.build_variant(proto, records, bench.VARIANTS["fast"], args.steps,
+                                         batch_size=8)
     _report("model (77M weights) and dataset built")
 
     class Phases(keras.callbacks.Callback):

@@ -139,23 +139,18 @@ def _counting(dataset, counts: list):
     return dataset.map(count)
 
 
-def run_keras(args) -> dict:
-    """One dss-keras variant: fit for warmup + timed steps, timing each batch."""
+def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: int):
+    """The benchmark's model (compiled) and training dataset for one variant's options."""
     import keras
     import numpy as np
-    import tensorflow as tf
 
     from dss_keras.backbones import tiny_t5
     from dss_keras.config import TrainConfig
     from dss_keras.data import make_dataset
-    from dss_keras.data.records import read_jsonl
     from dss_keras.model import DistillStepByStep
     from dss_keras.training import make_optimizer
 
-    options = VARIANTS[args.variant]
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    lm = tiny_t5(proto=Path(args.spm).read_bytes(), embedding_size=SHAPE["vocabulary_size"],
+    lm = tiny_t5(proto=proto, embedding_size=SHAPE["vocabulary_size"],
                  **{k: v for k, v in SHAPE.items() if k != "vocabulary_size"})
     if options["lm_head_std"]:
         head = lm.backbone.token_embedding.reverse_embeddings
@@ -166,19 +161,35 @@ def run_keras(args) -> dict:
         max_rationale_length=MAX_LENGTH,
         logits_at_targets_only=options["logits_at_targets_only"],
         shared_encoder_pass=options["shared_encoder_pass"])
-    total = args.warmup_steps + args.steps
-    config = TrainConfig(learning_rate=5e-5, lr_schedule="linear", steps=total,
-                         adam_epsilon=1e-8, clip_global_norm=1.0, batch_size=args.batch_size)
+    config = TrainConfig(learning_rate=5e-5, lr_schedule="linear", steps=steps,
+                         adam_epsilon=1e-8, clip_global_norm=1.0, batch_size=batch_size)
     optimizer = make_optimizer(config)
     if not options["fused_adam"]:  # Keras' own AdamW update, op by op
         optimizer.update_step = functools.partial(keras.optimizers.AdamW.update_step, optimizer)
     model.compile(optimizer=optimizer, jit_compile=options["jit_compile"])
     dataset, _ = make_dataset(
-        read_jsonl(args.records), model.preprocessor, batch_size=args.batch_size,
+        records, model.preprocessor, batch_size=batch_size,
         seed=0, repeat=True, drop_remainder=True,
         bucket_boundaries=None if options["bucketing"] else [],
         cache_tokens=options["cache_tokens"], bounded_shapes=options["jit_compile"],
     )
+    return model, dataset
+
+
+def run_keras(args) -> dict:
+    """One dss-keras variant: fit for warmup + timed steps, timing each batch."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from dss_keras.data.records import read_jsonl
+
+    options = VARIANTS[args.variant]
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    total = args.warmup_steps + args.steps
+    model, dataset = build_variant(Path(args.spm).read_bytes(), read_jsonl(args.records),
+                                   options, total, args.batch_size)
     counts: list = []
     dataset = _counting(dataset, counts)
 
