@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None, help="as in train_throughput.py")
     p.add_argument("--steps", type=int, default=13)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--variant", default="fast", help="a variant of train_throughput.py")
     p.add_argument("--torch-python", help="a Python with torch and transformers")
     args = p.parse_args(argv)
 
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
         records_path, spm = bench.prepare_inputs(bench_args, Path(tmp))
         records = read_jsonl(records_path)
         proto = spm.read_bytes()
-    model, dataset = bench.build_variant(proto, records, bench.VARIANTS["fast"], args.steps,
+    model, dataset = bench.build_variant(proto, records, bench.VARIANTS[args.variant], args.steps,
                                          batch_size=8)
     _report("model (77M weights) and dataset built")
 

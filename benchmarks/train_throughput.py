@@ -49,7 +49,8 @@ MAX_LENGTH = 256  # the authors cut inputs (max_input_length) and targets (256) 
 SHAPE = dict(vocabulary_size=32128, num_layers=8, num_heads=6, hidden_dim=512,
              intermediate_dim=1024, key_value_dim=64, dropout=0.1)
 PLAIN = dict(logits_at_targets_only=False, shared_encoder_pass=False, cache_tokens=False,
-             fused_adam=False, bucketing=True, jit_compile=False, lm_head_std=None)
+             fused_adam=False, bucketing=True, jit_compile=False, lm_head_std=None,
+             rematerialize=False)
 FAST = dict(PLAIN, logits_at_targets_only=True, fused_adam=True)
 VARIANTS = {
     "fast": FAST,
@@ -61,6 +62,8 @@ VARIANTS = {
     "no-bucketing": dict(PLAIN, bucketing=False),
     "all-four": dict(FAST, shared_encoder_pass=True, cache_tokens=True),
     "xla": dict(PLAIN, jit_compile=True),
+    # Each T5 layer recomputed in the backward pass (memory for compute; opt-in).
+    "fast-remat": dict(FAST, rematerialize=True),
     # The official stand-in's LM head init (Hugging Face's std 1.0, logits of std ~20).
     "fast-hf-init": dict(FAST, lm_head_std=1.0),
 }
@@ -160,7 +163,8 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
         lm, alpha=0.5, max_input_length=MAX_LENGTH, max_label_length=MAX_LENGTH,
         max_rationale_length=MAX_LENGTH,
         logits_at_targets_only=options["logits_at_targets_only"],
-        shared_encoder_pass=options["shared_encoder_pass"])
+        shared_encoder_pass=options["shared_encoder_pass"],
+        rematerialize=options["rematerialize"])
     config = TrainConfig(learning_rate=5e-5, lr_schedule="linear", steps=steps,
                          adam_epsilon=1e-8, clip_global_norm=1.0, batch_size=batch_size)
     optimizer = make_optimizer(config)

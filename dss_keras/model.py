@@ -67,8 +67,11 @@ class DistillStepByStep(keras.Model):
         shared_encoder_pass: Run the `predict:` and `explain:` inputs through
             the encoder as one batch (T5 only). Off by default: on CPU it did
             not pay (see BENCHMARKS.md).
+        rematerialize: Recompute each transformer layer in the backward pass
+            instead of keeping its activations (T5 only): less memory for
+            more compute, the same gradients (`dss_keras.remat`).
 
-    With either option a T5 or BART model is called in pieces
+    With any of these options a T5 or BART model is called in pieces
     (`dss_keras.seq2seq_parts`); other models always run whole. The loss and
     its gradients are the same either way.
 
@@ -102,6 +105,7 @@ class DistillStepByStep(keras.Model):
         sequence_layout: dict | None = None,
         logits_at_targets_only: bool = True,
         shared_encoder_pass: bool = False,
+        rematerialize: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -115,6 +119,10 @@ class DistillStepByStep(keras.Model):
         self.logits_at_targets_only = bool(logits_at_targets_only)
         self.shared_encoder_pass = bool(shared_encoder_pass)
         self._parts = Seq2SeqParts.of(seq2seq_lm)
+        self.rematerialize = bool(rematerialize)
+        if self.rematerialize and not (self._parts and self._parts.can_split_encoder):
+            raise ValueError("`rematerialize=True` needs a T5 model (keras_hub.models."
+                             f"T5Seq2SeqLM). Received: {type(seq2seq_lm).__name__}")
         self.preprocessor = MultiTaskPreprocessor.from_seq2seq_lm(
             seq2seq_lm,
             **(sequence_layout or {}),
@@ -158,9 +166,10 @@ class DistillStepByStep(keras.Model):
         `explain:` rows go through the encoder as one batch (padded to the
         longer of the two) and each task's decoder reads its own rows.
         """
-        parts = self._parts
+        parts, remat = self._parts, self.rematerialize
         if not (self.shared_encoder_pass and parts.can_split_encoder and len(self.tasks) == 2):
-            return {task: parts.hidden_states(x[task], training=training) for task in self.tasks}
+            return {task: parts.hidden_states(x[task], training=training, rematerialize=remat)
+                    for task in self.tasks}
         inputs = [x[task] for task in self.tasks]
         length = tf.reduce_max([tf.shape(i["encoder_token_ids"])[1] for i in inputs])
 
@@ -169,19 +178,20 @@ class DistillStepByStep(keras.Model):
                               for i in inputs], axis=0)
 
         token_ids, padding_mask = stacked("encoder_token_ids"), stacked("encoder_padding_mask")
-        outputs = parts.encode(token_ids, padding_mask, training=training)
+        outputs = parts.encode(token_ids, padding_mask, training=training, rematerialize=remat)
         rows = tf.shape(inputs[0]["encoder_token_ids"])[0]
         hidden = {}
         for index, task in enumerate(self.tasks):
             own = slice(index * rows, (index + 1) * rows)
             hidden[task] = parts.decode(
                 x[task]["decoder_token_ids"], x[task]["decoder_padding_mask"],
-                outputs[own], padding_mask[own], training=training)
+                outputs[own], padding_mask[own], training=training, rematerialize=remat)
         return hidden
 
     def _task_logits(self, x, y, sample_weight, training):
         """Per task `(logits, targets, weights)`, gathered at real targets on the fast path."""
-        if self._parts is None or not (self.logits_at_targets_only or self.shared_encoder_pass):
+        pieces = self.logits_at_targets_only or self.shared_encoder_pass or self.rematerialize
+        if self._parts is None or not pieces:
             return {task: (self.seq2seq_lm(x[task], training=training), y[task],
                            sample_weight[task]) for task in self.tasks}
         gather = self.logits_at_targets_only and not self.jit_compile
@@ -336,6 +346,7 @@ class DistillStepByStep(keras.Model):
                 "max_rationale_length": pre.max_rationale_length,
                 "logits_at_targets_only": self.logits_at_targets_only,
                 "shared_encoder_pass": self.shared_encoder_pass,
+                "rematerialize": self.rematerialize,
                 "sequence_layout": {
                     "encoder_start_ids": pre.encoder_start_ids,
                     "decoder_start_ids": pre.decoder_start_ids,

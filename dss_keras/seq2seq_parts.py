@@ -9,7 +9,9 @@ by calling the model in pieces:
   states of real target tokens (padding never reaches the vocabulary-sized
   matmul and softmax, the largest in a small model);
 - `encode` / `decode`: the encoder and the decoder apart (T5 only), so that
-  both tasks' inputs go through the encoder in one call.
+  both tasks' inputs go through the encoder in one call, and so that each
+  transformer layer can be recomputed in the backward pass instead of
+  storing its activations (`rematerialize=True`, see `dss_keras.remat`).
 
 Each piece calls the model's own layers in the order its functional graph
 does; `tests/test_fast_loss.py` checks that the pieces give the logits of
@@ -36,6 +38,8 @@ import keras
 import keras_hub
 import tensorflow as tf
 
+from dss_keras.remat import call_rematerialized
+
 
 class Seq2SeqParts:
     """Calls a T5 or BART `Seq2SeqLM` piece by piece (see the module docstring).
@@ -55,9 +59,19 @@ class Seq2SeqParts:
         known = (keras_hub.models.T5Seq2SeqLM, keras_hub.models.BartSeq2SeqLM)
         return cls(seq2seq_lm) if isinstance(seq2seq_lm, known) else None
 
-    def hidden_states(self, inputs: dict, training: bool = False):
-        """The decoder's last hidden states `[batch, target, hidden]`."""
-        return self.backbone(inputs, training=training)["decoder_sequence_output"]
+    def hidden_states(self, inputs: dict, training: bool = False, rematerialize: bool = False):
+        """The decoder's last hidden states `[batch, target, hidden]`.
+
+        With `rematerialize` (T5 only) each transformer layer is recomputed in
+        the backward pass rather than stored.
+        """
+        if not rematerialize:
+            return self.backbone(inputs, training=training)["decoder_sequence_output"]
+        outputs = self.encode(inputs["encoder_token_ids"], inputs["encoder_padding_mask"],
+                              training=training, rematerialize=True)
+        return self.decode(inputs["decoder_token_ids"], inputs["decoder_padding_mask"],
+                           outputs, inputs["encoder_padding_mask"], training=training,
+                           rematerialize=True)
 
     def vocabulary_logits(self, hidden_states):
         """The LM head: hidden states `[..., hidden]` to logits `[..., vocabulary]`."""
@@ -68,7 +82,8 @@ class Seq2SeqParts:
                                                     hidden_states.dtype)
         return backbone.token_embedding(hidden_states, reverse=True)
 
-    def encode(self, token_ids, padding_mask, training: bool = False):
+    def encode(self, token_ids, padding_mask, training: bool = False,
+               rematerialize: bool = False):
         """T5's encoder: `[batch, source, hidden]` outputs."""
         backbone = self.backbone
         x = backbone.token_embedding(token_ids)
@@ -76,14 +91,16 @@ class Seq2SeqParts:
         attention_mask = padding_mask[:, None, :]
         position_bias = None
         for layer in backbone.encoder_transformer_layers:
-            x, position_bias = layer(x, attention_mask=attention_mask,
-                                     position_bias=position_bias, use_causal_mask=False,
-                                     training=training)
+            def call(x, position_bias=None, layer=layer):
+                return layer(x, attention_mask=attention_mask, position_bias=position_bias,
+                             use_causal_mask=False, training=training)
+
+            x, position_bias = _run_layer(layer, call, x, position_bias, rematerialize)
         x = backbone.encoder_layer_norm(x)
         return backbone.encoder_dropout(x, training=training)
 
     def decode(self, token_ids, padding_mask, encoder_outputs, encoder_padding_mask,
-               training: bool = False):
+               training: bool = False, rematerialize: bool = False):
         """T5's decoder over given encoder outputs: `[batch, target, hidden]`."""
         backbone = self.backbone
         x = backbone.token_embedding(token_ids)
@@ -92,10 +109,27 @@ class Seq2SeqParts:
         encoder_attention_mask = encoder_padding_mask[:, None, :]
         position_bias = None
         for layer in backbone.decoder_transformer_layers:
-            x, position_bias = layer(x, attention_mask=attention_mask,
-                                     position_bias=position_bias,
-                                     encoder_hidden_states=encoder_outputs,
-                                     encoder_attention_mask=encoder_attention_mask,
-                                     use_causal_mask=True, training=training)
+            def call(x, encoder_outputs, position_bias=None, layer=layer):
+                return layer(x, attention_mask=attention_mask, position_bias=position_bias,
+                             encoder_hidden_states=encoder_outputs,
+                             encoder_attention_mask=encoder_attention_mask,
+                             use_causal_mask=True, training=training)
+
+            x, position_bias = _run_layer(layer, call, (x, encoder_outputs), position_bias,
+                                          rematerialize)
         x = backbone.decoder_layer_norm(x)
         return backbone.decoder_dropout(x, training=training)
+
+
+def _run_layer(layer, call, inputs, position_bias, rematerialize: bool):
+    """One T5 layer: `call(*inputs[, position_bias])`, rematerialised or not.
+
+    The first layer of a stack computes the position bias (`position_bias`
+    is `None`) and every later one reads it, so it is passed only when set.
+    """
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    if position_bias is not None:
+        inputs += (position_bias,)
+    if not rematerialize:
+        return call(*inputs)
+    return call_rematerialized(layer, call, inputs)

@@ -154,6 +154,7 @@ def build_model(config: TrainConfig, train_records: Sequence[Record],
             max_input_length=config.max_input_length,
             max_label_length=config.max_label_length,
             max_rationale_length=config.max_rationale_length,
+            rematerialize=config.rematerialize,
         )
         model.compile(optimizer=make_optimizer(config), jit_compile=config.jit_compile_value)
     return model

@@ -16,8 +16,11 @@ FAST_OPTIONS = {
     "gather": dict(logits_at_targets_only=True, shared_encoder_pass=False),
     "shared_encoder": dict(logits_at_targets_only=False, shared_encoder_pass=True),
     "both": dict(logits_at_targets_only=True, shared_encoder_pass=True),
+    "remat": dict(logits_at_targets_only=True, shared_encoder_pass=False, rematerialize=True),
+    "remat_shared_encoder": dict(logits_at_targets_only=False, shared_encoder_pass=True,
+                                 rematerialize=True),
 }
-PLAIN = dict(logits_at_targets_only=False, shared_encoder_pass=False)
+PLAIN = dict(logits_at_targets_only=False, shared_encoder_pass=False, rematerialize=False)
 
 
 def _model(mode="distill_step_by_step", lm=None, **options):
@@ -134,10 +137,11 @@ def test_fast_and_plain_fits_train_the_same_weights():
 
 
 def test_fast_path_options_survive_saving(tmp_path):
-    model = _model(logits_at_targets_only=False, shared_encoder_pass=True)
+    model = _model(logits_at_targets_only=False, shared_encoder_pass=True, rematerialize=True)
     model.save(tmp_path / "model.keras")
     restored = keras.saving.load_model(tmp_path / "model.keras")
-    assert (restored.logits_at_targets_only, restored.shared_encoder_pass) == (False, True)
+    assert (restored.logits_at_targets_only, restored.shared_encoder_pass,
+            restored.rematerialize) == (False, True, True)
 
 
 def test_bounded_shapes_pad_to_few_lengths_and_change_no_loss():
