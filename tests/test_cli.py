@@ -19,7 +19,8 @@ OTHER_VALUES = {
     "max_label_length": "9", "max_rationale_length": "77", "batch_size": "7",
     "learning_rate": "0.02", "weight_decay": "0.01", "steps": "33", "eval_every": "11",
     "gradient_accumulation_steps": "2", "dtype_policy": "mixed_bfloat16",
-    "jit_compile": "true", "strategy": "mirrored", "lr_schedule": "linear",
+    "jit_compile": "true", "rematerialize": "true", "strategy": "mirrored",
+    "lr_schedule": "linear",
     "adam_epsilon": "1e-06", "clip_global_norm": "0.5", "seed": "5", "metric": "equation", "eval_batch_size": "17",
     "run_dir": "runs/other",
 }
