@@ -314,11 +314,26 @@ def _run_json(command: list[str], json_path: Path) -> dict:
     return json.loads(json_path.read_text())
 
 
+def cpu_description() -> str:
+    """The CPU's model and vector extensions (speed ratios differ between CPUs)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "CPU unknown"
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    vectors = [name for name in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
+               if name in flags]
+    return (f"{fields.get('model name', 'CPU')} (family {fields.get('cpu family', '?')} "
+            f"model {fields.get('model', '?')}; {' '.join(vectors) or 'no AVX2'})")
+
+
 def print_table(args, results: list[dict]) -> None:
     base = results[0]
     print(f"\nbatch {args.batch_size}, {args.steps} timed steps after {args.warmup_steps} "
           f"warm-up steps, {args.threads} threads, {os.cpu_count()} CPU cores, "
-          f"load average before: {os.getloadavg()[0]:.2f}\n")
+          f"load average before: {os.getloadavg()[0]:.2f}\n{cpu_description()}\n")
     print(f"{'side':28s}{'ex/s':>7s}{'s/step':>8s}{'median':>8s}{'peak RSS MB':>12s}"
           f"{'input real/padded':>19s}{'target real/padded':>20s}"
           f"{'speed vs ' + base['side'][:9]:>20s}{'RSS vs':>8s}")
