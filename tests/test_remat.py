@@ -112,3 +112,10 @@ def test_the_config_flag_reaches_the_model(tmp_path):
         parser.parse_args(["--rematerialize", "maybe"])
     with pytest.raises(ValueError, match="rematerialize"):
         TrainConfig(rematerialize="false")
+    from dss_keras.training import build_model
+
+    config = config.replace(vocabulary_size=120, hidden_dim=16, intermediate_dim=32,
+                            num_layers=1, num_heads=2, max_input_length=48,
+                            max_label_length=4, max_rationale_length=16)
+    model = build_model(config, testing.toy_records(16), str(tmp_path / "vocabulary.spm"))
+    assert model.rematerialize is True
