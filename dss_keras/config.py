@@ -158,7 +158,7 @@ class TrainConfig:
     jit_compile: str = _field("auto", "compile the train step with XLA", JIT_COMPILE)
     rematerialize: bool = _field(
         False, "recompute each T5 layer in the backward pass instead of storing its "
-        "activations: less memory, about a third more compute per step")
+        "activations: less tensor memory, about 1.2x the step time")
     strategy: str = _field(
         "default", "tf.distribute strategy: one device, 'mirrored' (the GPUs of this machine), "
         "'multi_worker' (workers named by TF_CONFIG) or 'tpu'; batch_size is the global batch",

@@ -42,7 +42,7 @@ class ReplayedSeeds(keras.random.SeedGenerator):
     the same masks, each time a layer is run with it.
     """
 
-    def __init__(self, base_seed):  # noqa: D107 (no SeedGenerator state on purpose)
+    def __init__(self, base_seed):  # no SeedGenerator.__init__: no state variable
         self.base_seed = base_seed
         self.draws = 0
 
