@@ -1,4 +1,5 @@
-"""The `dss-keras` command, and the command line of the recipes. All argument parsing lives here.
+"""The `dss-keras` command, and the command line of the recipes. All argument parsing lives here
+(one job: every parser and flag in one place, which is why the module runs past 450 lines).
 
     dss-keras quickstart                                  (also: dss-keras demo)
     dss-keras train --train-file train.jsonl --run-dir runs/mine --steps 2000
