@@ -50,8 +50,9 @@ SHAPE = dict(vocabulary_size=32128, num_layers=8, num_heads=6, hidden_dim=512,
              intermediate_dim=1024, key_value_dim=64, dropout=0.1)
 PLAIN = dict(logits_at_targets_only=False, shared_encoder_pass=False, cache_tokens=False,
              fused_adam=False, bucketing=True, jit_compile=False, lm_head_std=None,
-             rematerialize=False)
-FAST = dict(PLAIN, logits_at_targets_only=True, fused_adam=True)
+             rematerialize=False, flat_train_function=False, release_memory=False)
+FAST = dict(PLAIN, logits_at_targets_only=True, fused_adam=True, flat_train_function=True,
+            release_memory=True)
 VARIANTS = {
     "fast": FAST,
     "plain": PLAIN,
@@ -64,6 +65,10 @@ VARIANTS = {
     "xla": dict(PLAIN, jit_compile=True),
     # Each T5 layer recomputed in the backward pass (memory for compute; opt-in).
     "fast-remat": dict(FAST, rematerialize=True),
+    # Memory: Keras' nested tf.functions and glibc's heap kept between steps (the
+    # `fast` of earlier runs), and the flat function alone.
+    "fast-keras-function": dict(FAST, flat_train_function=False, release_memory=False),
+    "fast-keep-heap": dict(FAST, release_memory=False),
     # The official stand-in's LM head init (Hugging Face's std 1.0, logits of std ~20).
     "fast-hf-init": dict(FAST, lm_head_std=1.0),
 }
@@ -147,6 +152,7 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
     import keras
     import numpy as np
 
+    from dss_keras import train_function
     from dss_keras.backbones import tiny_t5
     from dss_keras.config import TrainConfig
     from dss_keras.data import make_dataset
@@ -171,6 +177,10 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
     if not options["fused_adam"]:  # Keras' own AdamW update, op by op
         optimizer.update_step = functools.partial(keras.optimizers.AdamW.update_step, optimizer)
     model.compile(optimizer=optimizer, jit_compile=options["jit_compile"])
+    if not options["flat_train_function"]:  # Keras' two nested tf.functions
+        model.make_train_function = functools.partial(keras.Model.make_train_function, model)
+    if not options["release_memory"]:
+        train_function.release_free_memory = lambda: False
     dataset, _ = make_dataset(
         records, model.preprocessor, batch_size=batch_size,
         seed=0, repeat=True, drop_remainder=True,

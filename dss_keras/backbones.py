@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import io
 import os
+import random
 from typing import Iterable
 
 import keras
 import keras_hub
 import numpy as np
+from keras.src.backend.common import global_state
+from keras.src.random import seed_generator
+from keras.src.utils import rng_utils
 
 # The student sizes of the paper (T5 v1.1), as KerasHub preset names.
 PAPER_PRESETS = ("t5_1.1_small", "t5_1.1_base", "t5_1.1_large", "t5_1.1_xxl")
@@ -134,9 +138,7 @@ def tiny_t5(
     >>> lm.backbone.hidden_dim
     16
     """
-    # Seed first: in eager mode `tf.random.set_seed` clears TensorFlow's kernel
-    # cache, which drops the SentencePiece resource of a tokenizer made before.
-    keras.utils.set_random_seed(seed)
+    _seed_keras(seed)
     if proto is None:
         if texts is None:
             raise ValueError("`tiny_t5` needs `texts` or `proto`.")
@@ -160,6 +162,21 @@ def tiny_t5(
     return keras_hub.models.T5Seq2SeqLM(
         backbone=backbone, preprocessor=preprocessor, dtype=dtype
     )
+
+
+def _seed_keras(seed: int) -> None:
+    """`keras.utils.set_random_seed` less TensorFlow's global seed.
+
+    In eager mode `tf.random.set_seed` clears TensorFlow's kernel cache, which
+    deletes the SentencePiece resource of every tokenizer made before: building
+    a second model would break the first one's data pipeline. Keras draws the
+    initial weights and the dropout seeds from its own generator and Python's
+    `random`, which are seeded here.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    global_state.set_global_attribute(rng_utils.GLOBAL_RANDOM_SEED, seed)
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
 
 
 def reinitialize_token_embeddings(backbone: keras.Model, seed: int = 0) -> None:

@@ -13,6 +13,7 @@ from dss_keras.decoding import decoder_for
 from dss_keras.metrics.token_mean import TokenMean
 from dss_keras.preprocessor import TASKS, MultiTaskPreprocessor
 from dss_keras.seq2seq_parts import Seq2SeqParts
+from dss_keras.train_function import flat_train_function
 
 
 def _all_reduce_sum(value):
@@ -285,6 +286,14 @@ class DistillStepByStep(keras.Model):
         gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
         return self._update_metrics(loss, statistics)
+
+    def make_train_function(self, force=False):
+        if self.train_function is not None and not force:
+            return self.train_function
+        if self.run_eagerly or self.jit_compile or self.steps_per_execution != 1:
+            return super().make_train_function(force=force)
+        self.train_function = flat_train_function(self)
+        return self.train_function
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

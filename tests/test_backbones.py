@@ -39,6 +39,21 @@ def test_tiny_t5_is_t5_v1_1_shaped_with_spread_embeddings():
     assert np.linalg.norm(embeddings[3] - embeddings[4]) > 1.0
 
 
+def test_a_second_tiny_t5_leaves_the_first_tokenizer_working():
+    first = backbones.tiny_t5(proto=testing.toy_vocabulary(), num_layers=1, hidden_dim=16,
+                              intermediate_dim=32, num_heads=2)
+    second = backbones.tiny_t5(proto=testing.toy_vocabulary(), num_layers=1, hidden_dim=16,
+                               intermediate_dim=32, num_heads=2)
+    # Seeded alike, drawn alike; and the first tokenizer still runs in a tf.data map
+    # (TensorFlow's global seed would have deleted its SentencePiece resource).
+    for a, b in zip(first.get_weights(), second.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    import tensorflow as tf
+
+    texts = tf.data.Dataset.from_tensor_slices(["Dee has 12 rocks."]).map(first.preprocessor.tokenizer)
+    assert next(iter(texts)).shape[0] > 0
+
+
 def test_from_preset_names_the_preset_when_it_cannot_load(monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("no network")

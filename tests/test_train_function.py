@@ -1,0 +1,107 @@
+"""The flat train function: the same training as Keras' own, traced once, heap handed back."""
+
+import functools
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from dss_keras import testing, train_function
+from dss_keras.data import make_dataset
+
+
+def _compiled_pair():
+    """Two tiny models with the same weights; the second trains through Keras' function."""
+    flat, nested = testing.tiny_model(), testing.tiny_model()
+    nested.seq2seq_lm.set_weights(flat.seq2seq_lm.get_weights())
+    for model in (flat, nested):
+        model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    nested.make_train_function = functools.partial(keras.Model.make_train_function, nested)
+    return flat, nested
+
+
+def _dataset(model, num_examples=24):
+    dataset, _ = make_dataset(testing.toy_records(num_examples), model.preprocessor,
+                              batch_size=8, shuffle=False)
+    return dataset
+
+
+def test_trains_exactly_as_keras_nested_functions():
+    flat, nested = _compiled_pair()
+    flat_history = flat.fit(_dataset(flat), epochs=2, verbose=0).history
+    nested_history = nested.fit(_dataset(nested), epochs=2, verbose=0).history
+    assert flat.train_function is not nested.train_function
+    assert flat_history["loss"] == pytest.approx(nested_history["loss"], rel=1e-6)
+    for got, want in zip(flat.seq2seq_lm.get_weights(), nested.seq2seq_lm.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_epochs_end_with_the_data_as_in_keras_and_the_step_is_traced_once(monkeypatch):
+    flat, nested = _compiled_pair()
+    traces = []
+    original = type(flat).train_step
+    monkeypatch.setattr(type(flat), "train_step",
+                        lambda self, data: traces.append(self) or original(self, data))
+    # 20 examples in length buckets: batches of several lengths and sizes.
+    dataset = _dataset(flat, 20)
+    assert len({tuple(x["label"]["encoder_token_ids"].shape) for x, _, _ in dataset}) > 1
+    history = flat.fit(dataset, epochs=2, verbose=0)
+    nested.fit(_dataset(nested, 20), epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2
+    assert int(flat.optimizer.iterations) == int(nested.optimizer.iterations) >= 6
+    assert traces.count(flat) == 1
+
+
+def test_train_on_batch_and_several_steps_per_execution():
+    model = testing.tiny_model()
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    x, y, w = next(iter(_dataset(model)))
+    logs = model.train_on_batch(x, y, w, return_dict=True)
+    assert np.isfinite(logs["loss"]) and int(model.optimizer.iterations) == 1
+    # Keras' own (while-loop) function runs several steps per call.
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3), steps_per_execution=3)
+    model.fit(_dataset(model), epochs=1, verbose=0)
+    assert int(model.optimizer.iterations) == 3
+
+
+def test_the_heap_is_handed_back_once_after_the_first_step(monkeypatch):
+    calls = []
+    monkeypatch.setattr(train_function, "release_free_memory", lambda: calls.append(1))
+    model = testing.tiny_model()
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    model.fit(_dataset(model), epochs=2, verbose=0)
+    assert int(model.optimizer.iterations) > 2 and calls == [1]
+
+
+# Run in a fresh Python: in a long-lived one, malloc may hand out pages that are
+# already resident, and the figures say nothing.
+HEAP_PROBE = """
+import ctypes
+from dss_keras.train_function import release_free_memory
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+blocks, pins = [], []
+for _ in range(2560):  # 160 MB in 64 KiB blocks: below the mmap threshold, in the heap
+    blocks.append(libc.malloc(64 * 1024))
+    ctypes.memset(blocks[-1], 1, 64 * 1024)
+    pins.append(libc.malloc(64))  # stays, so that the freed blocks are holes
+for block in blocks:
+    libc.free(block)
+before = rss()
+print(release_free_memory(), before - rss())
+"""
+
+
+def test_release_free_memory_returns_freed_heap_pages():
+    if train_function._malloc_trim() is None:
+        pytest.skip("not glibc: nothing to hand back")
+    done = subprocess.run([sys.executable, "-c", HEAP_PROBE], capture_output=True, text=True,
+                          check=True)
+    released, freed_mb = done.stdout.split()
+    assert released == "True" and float(freed_mb) > 100
