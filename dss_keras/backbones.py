@@ -23,6 +23,7 @@ import numpy as np
 from keras.src.backend.common import global_state
 from keras.src.random import seed_generator
 from keras.src.utils import rng_utils
+from tensorflow.python.eager import context as tf_context
 
 # The student sizes of the paper (T5 v1.1), as KerasHub preset names.
 PAPER_PRESETS = ("t5_1.1_small", "t5_1.1_base", "t5_1.1_large", "t5_1.1_xxl")
@@ -165,18 +166,20 @@ def tiny_t5(
 
 
 def _seed_keras(seed: int) -> None:
-    """`keras.utils.set_random_seed` less TensorFlow's global seed.
+    """`keras.utils.set_random_seed`, without clearing TensorFlow's kernel cache.
 
-    In eager mode `tf.random.set_seed` clears TensorFlow's kernel cache, which
+    In eager mode `tf.random.set_seed` also clears the kernel cache, which
     deletes the SentencePiece resource of every tokenizer made before: building
-    a second model would break the first one's data pipeline. Keras draws the
-    initial weights and the dropout seeds from its own generator and Python's
-    `random`, which are seeded here.
+    a second model would break the first one's data pipeline. This sets the
+    same seeds (Keras' generator, Python's and NumPy's, and TensorFlow's global
+    seed, from which `tf.data` shuffles draw) and leaves the cache alone.
     """
     random.seed(seed)
     np.random.seed(seed)
     global_state.set_global_attribute(rng_utils.GLOBAL_RANDOM_SEED, seed)
     global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    eager = tf_context.context()
+    eager._seed, eager._rng = seed, random.Random(seed)
 
 
 def reinitialize_token_embeddings(backbone: keras.Model, seed: int = 0) -> None:

@@ -80,16 +80,17 @@ def flat_train_function(model) -> Callable:
     step_on_iterator = tf.function(lambda iterator: step(iterator.get_next()), autograph=False)
     step_on_batch = tf.function(step, autograph=False, reduce_retracing=True)
 
-    first_call = [True]
+    released = False
 
     def train_function(iterator):
+        nonlocal released
         if isinstance(iterator, (tf.data.Iterator, tf.distribute.DistributedIterator)):
             logs = step_on_iterator(iterator)
         else:
             logs = step_on_batch(next(iter(iterator)))
-        if first_call[0]:
-            first_call[0] = False
+        if not released:  # once: what the first step's tracing freed
             release_free_memory()
+            released = True
         return logs
 
     return train_function
