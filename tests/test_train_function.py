@@ -28,6 +28,7 @@ def _dataset(model, num_examples=24, **options):
     return dataset
 
 
+@pytest.mark.slow
 def test_trains_exactly_as_keras_nested_functions():
     flat, nested = _compiled_pair()
     flat_history = flat.fit(_dataset(flat), epochs=2, verbose=0).history
@@ -38,6 +39,7 @@ def test_trains_exactly_as_keras_nested_functions():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_epochs_end_with_the_data_as_in_keras_and_the_step_is_traced_once(monkeypatch):
     flat, nested = _compiled_pair()
     traces = []
@@ -54,6 +56,7 @@ def test_epochs_end_with_the_data_as_in_keras_and_the_step_is_traced_once(monkey
     assert traces.count(flat) == 1
 
 
+@pytest.mark.slow
 def test_train_on_batch_and_several_steps_per_execution():
     model = testing.tiny_model()
     model.compile(optimizer=keras.optimizers.AdamW(1e-3))
@@ -66,6 +69,7 @@ def test_train_on_batch_and_several_steps_per_execution():
     assert int(model.optimizer.iterations) == 3
 
 
+@pytest.mark.slow
 def test_the_heap_is_handed_back_once_after_the_first_step(monkeypatch):
     calls = []
     monkeypatch.setattr(train_function, "release_free_memory", lambda: calls.append(1))
