@@ -51,8 +51,7 @@ SHAPE = dict(vocabulary_size=32128, num_layers=8, num_heads=6, hidden_dim=512,
 PLAIN = dict(logits_at_targets_only=False, shared_encoder_pass=False, cache_tokens=False,
              fused_adam=False, bucketing=True, jit_compile=False, lm_head_std=None,
              rematerialize=False, flat_train_function=False, release_memory=False)
-FAST = dict(PLAIN, logits_at_targets_only=True, fused_adam=True, flat_train_function=True,
-            release_memory=True)
+FAST = dict(PLAIN, logits_at_targets_only=True, fused_adam=True, flat_train_function=True)
 VARIANTS = {
     "fast": FAST,
     "plain": PLAIN,
@@ -68,10 +67,10 @@ VARIANTS = {
     "xla": dict(PLAIN, jit_compile=True),
     # Each T5 layer recomputed in the backward pass (memory for compute; opt-in).
     "fast-remat": dict(FAST, rematerialize=True),
-    # Memory: Keras' nested tf.functions and glibc's heap kept between steps (the
-    # `fast` of earlier runs), and the flat function alone.
-    "fast-keras-function": dict(FAST, flat_train_function=False, release_memory=False),
-    "fast-keep-heap": dict(FAST, release_memory=False),
+    # Keras' two nested tf.functions (the `fast` of earlier runs); glibc's free heap
+    # handed back after the first step (opt-in: `flat_train_function(release_memory=True)`).
+    "fast-keras-function": dict(FAST, flat_train_function=False),
+    "fast-release-memory": dict(FAST, release_memory=True),
     # The official stand-in's LM head init (Hugging Face's std 1.0, logits of std ~20).
     "fast-hf-init": dict(FAST, lm_head_std=1.0),
 }
@@ -184,8 +183,8 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
     model.compile(optimizer=optimizer, jit_compile=options["jit_compile"])
     if not options["flat_train_function"]:  # Keras' two nested tf.functions
         model.make_train_function = functools.partial(keras.Model.make_train_function, model)
-    if not options["release_memory"]:
-        train_function.release_free_memory = lambda: False
+    if options["release_memory"]:
+        model.train_function = train_function.flat_train_function(model, release_memory=True)
     dataset, _ = make_dataset(
         records, model.preprocessor, batch_size=batch_size,
         seed=0, repeat=True, drop_remainder=True,

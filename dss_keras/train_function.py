@@ -1,4 +1,4 @@
-"""One flat `tf.function` per training step, and the heap handed back after it.
+"""One flat `tf.function` per training step; optionally, the heap handed back after the first.
 
 Keras' TensorFlow trainer wraps the step in two nested `tf.function`s (one per
 batch inside one per iterator call). TensorFlow then keeps the traced step
@@ -7,13 +7,12 @@ the t5-v1_1-small shape. `flat_train_function` traces the step once, inside a
 single function that reads the batch from the iterator itself.
 
 The first call also traces the step and lets TensorFlow optimise the graph;
-glibc keeps the memory those temporaries freed in its heap, where later steps
-fragment it further: at the t5-v1_1-small shape 1.2 GB was resident and free
-after the first step, and peak RSS crept up by 250 MB over the next ones.
-`release_free_memory()` (glibc's `malloc_trim`) hands it back once, after the
-first step. After every step it would save a little more at a high price: each
-step would fault its activations' pages in again (30-40% slower on CPU).
-BENCHMARKS.md has the figures.
+glibc keeps the memory those temporaries free in its heap: at the t5-v1_1-small
+shape 1.2 GB was resident and free after the first step.
+`release_memory=True` hands it back once, after the first step, with glibc's
+`malloc_trim` (`release_free_memory()`): peak RSS fell by 9-12%, but in
+alternating runs the steps were 8-11% slower (presumably faulting the heap's
+pages in again), so it is off by default. BENCHMARKS.md has the figures.
 """
 
 from __future__ import annotations
@@ -49,13 +48,14 @@ def release_free_memory() -> bool:
     return True
 
 
-def flat_train_function(model) -> Callable:
+def flat_train_function(model, release_memory: bool = False) -> Callable:
     """A Keras `train_function` for `model`: one step per call, one `tf.function`.
 
     Takes what Keras' fit loop passes (a `tf.data` or distributed iterator, or
     an iterable of batches from `train_on_batch`) and returns the step's logs;
     an exhausted iterator raises TensorFlow's `OutOfRangeError`, which Keras'
-    epoch iterator ends the epoch on.
+    epoch iterator ends the epoch on. With `release_memory`, the C heap's
+    free pages go back to the system once, after the first step.
 
     Examples:
 
@@ -80,7 +80,7 @@ def flat_train_function(model) -> Callable:
     step_on_iterator = tf.function(lambda iterator: step(iterator.get_next()), autograph=False)
     step_on_batch = tf.function(step, autograph=False, reduce_retracing=True)
 
-    released = False
+    released = not release_memory
 
     def train_function(iterator):
         nonlocal released

@@ -70,11 +70,14 @@ def test_train_on_batch_and_several_steps_per_execution():
 
 
 @pytest.mark.slow
-def test_the_heap_is_handed_back_once_after_the_first_step(monkeypatch):
+def test_the_heap_is_handed_back_once_after_the_first_step_when_asked(monkeypatch):
     calls = []
     monkeypatch.setattr(train_function, "release_free_memory", lambda: calls.append(1))
     model = testing.tiny_model()
     model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    model.fit(_dataset(model), epochs=1, verbose=0)  # the default: never
+    assert calls == []
+    model.train_function = train_function.flat_train_function(model, release_memory=True)
     model.fit(_dataset(model), epochs=2, verbose=0)
     assert int(model.optimizer.iterations) > 2 and calls == [1]
 
