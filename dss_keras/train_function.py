@@ -11,7 +11,7 @@ glibc keeps the memory those temporaries free in its heap: at the t5-v1_1-small
 shape 1.2 GB was resident and free after the first step.
 `release_memory=True` hands it back once, after the first step, with glibc's
 `malloc_trim` (`release_free_memory()`): peak RSS fell by 9-12%, but in
-alternating runs the steps were 8-11% slower (presumably faulting the heap's
+alternating runs the steps were 8-12% slower (presumably faulting the heap's
 pages in again), so it is off by default. BENCHMARKS.md has the figures.
 """
 
