@@ -50,7 +50,8 @@ SHAPE = dict(vocabulary_size=32128, num_layers=8, num_heads=6, hidden_dim=512,
              intermediate_dim=1024, key_value_dim=64, dropout=0.1)
 PLAIN = dict(logits_at_targets_only=False, shared_encoder_pass=False, cache_tokens=False,
              fused_adam=False, bucketing=True, jit_compile=False, lm_head_std=None,
-             rematerialize=False, flat_train_function=False, release_memory=False)
+             rematerialize=False, flat_train_function=False, release_memory=False,
+             bfc_allocator=False)
 FAST = dict(PLAIN, logits_at_targets_only=True, fused_adam=True, flat_train_function=True)
 VARIANTS = {
     "fast": FAST,
@@ -71,6 +72,9 @@ VARIANTS = {
     # handed back after the first step (opt-in: `flat_train_function(release_memory=True)`).
     "fast-keras-function": dict(FAST, flat_train_function=False),
     "fast-release-memory": dict(FAST, release_memory=True),
+    # TensorFlow's BFC allocator on the CPU (TF_CPU_ALLOCATOR_USE_BFC=true): pooled memory,
+    # no page faults for each step's large tensors (not the default yet, see BENCHMARKS.md).
+    "fast-bfc": dict(FAST, bfc_allocator=True),
     # The official stand-in's LM head init (Hugging Face's std 1.0, logits of std ~20).
     "fast-hf-init": dict(FAST, lm_head_std=1.0),
 }
@@ -196,6 +200,8 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
 
 def run_keras(args) -> dict:
     """One dss-keras variant: fit for warmup + timed steps, timing each batch."""
+    os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = (
+        "true" if VARIANTS[args.variant]["bfc_allocator"] else "false")
     import keras
     import numpy as np
     import tensorflow as tf
