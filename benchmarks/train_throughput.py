@@ -18,8 +18,8 @@ Sides:
   their step in plain PyTorch (a second reference, not the peer).
 - `dss-keras (<variant>)`: `DistillStepByStep.fit` with the options of
   VARIANTS: `fast` is what `dss-keras train` runs; `plain` turns every
-  speed option off; each other variant is `plain` plus one option, so that
-  each is measured alone.
+  speed option off; `fast-<x>` is `fast` with one option changed and the
+  others are `plain` plus one option, so that each is measured alone.
 
     python benchmarks/train_throughput.py --official ../shared/peers/distilling-step-by-step
     python benchmarks/train_throughput.py --steps 10 --variants fast --skip-reference
@@ -52,7 +52,9 @@ PLAIN = dict(logits_at_targets_only=False, shared_encoder_pass=False, cache_toke
              fused_adam=False, bucketing=True, jit_compile=False, lm_head_std=None,
              rematerialize=False, flat_train_function=False, release_memory=False,
              bfc_allocator=False)
-FAST = dict(PLAIN, logits_at_targets_only=True, fused_adam=True, flat_train_function=True)
+# What `dss-keras train` and the recipes run (TensorFlow's BFC allocator on the CPU included).
+FAST = dict(PLAIN, logits_at_targets_only=True, fused_adam=True, flat_train_function=True,
+            bfc_allocator=True)
 VARIANTS = {
     "fast": FAST,
     "plain": PLAIN,
@@ -72,9 +74,9 @@ VARIANTS = {
     # handed back after the first step (opt-in: `flat_train_function(release_memory=True)`).
     "fast-keras-function": dict(FAST, flat_train_function=False),
     "fast-release-memory": dict(FAST, release_memory=True),
-    # TensorFlow's BFC allocator on the CPU (TF_CPU_ALLOCATOR_USE_BFC=true): pooled memory,
-    # no page faults for each step's large tensors (not the default yet, see BENCHMARKS.md).
-    "fast-bfc": dict(FAST, bfc_allocator=True),
+    # TensorFlow's default CPU allocator, malloc (TF_CPU_ALLOCATOR_USE_BFC=false): the
+    # step's large tensors are page-faulted in again each step (`fast` before the BFC default).
+    "fast-malloc": dict(FAST, bfc_allocator=False),
     # The official stand-in's LM head init (Hugging Face's std 1.0, logits of std ~20).
     "fast-hf-init": dict(FAST, lm_head_std=1.0),
 }

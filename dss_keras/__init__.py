@@ -28,6 +28,7 @@ _ATTRIBUTES = {
     "TokenMean": "dss_keras.metrics",
     "MultiTaskPreprocessor": "dss_keras.preprocessor",
     "TrainConfig": "dss_keras.config",
+    "use_pooled_cpu_allocator": "dss_keras.cpu_allocator",
 }
 _SUBMODULES = ("backbones", "data", "evaluation", "experiments", "export", "metrics",
                "quickstart", "testing", "training", "tuning")

@@ -19,7 +19,8 @@ flags are defined, so that a flag means the same in every command.
 Each subcommand parses its flags and calls one library function. `train`,
 `tune` and the recipes take their run settings from `TrainConfig.add_flags`,
 so a flag means the same everywhere. TensorFlow's C++ logs are off unless
-`--verbose` is given.
+`--verbose` is given, and its pooled (BFC) CPU allocator is on unless
+`TF_CPU_ALLOCATOR_USE_BFC=false` says otherwise (`dss_keras.cpu_allocator`).
 """
 
 from __future__ import annotations
@@ -393,7 +394,7 @@ def run_recipe(recipe, argv: Sequence[str] | None = None,
         description: The `--help` text, e.g. the recipe file's docstring.
     """
     config, args = parse_recipe_flags(recipe, argv, description)
-    _quiet(args.verbose)
+    _prepare_tensorflow(args.verbose)
     return _reporting_errors(lambda: _run_recipe(recipe, config, args), args.traceback)
 
 
@@ -436,9 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet(verbose: bool) -> None:
+def _prepare_tensorflow(verbose: bool) -> None:
+    """Pooled CPU memory and quiet logs, set before TensorFlow's runtime starts."""
+    from dss_keras.cpu_allocator import use_pooled_cpu_allocator
     from dss_keras.quiet import quiet_tensorflow
 
+    use_pooled_cpu_allocator(warn=False)  # `main()` called again in one process: no news
     quiet_tensorflow(verbose)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
 
@@ -480,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     args.verbose = getattr(args, "verbose", False)
-    _quiet(args.verbose)
+    _prepare_tensorflow(args.verbose)
     return _reporting_errors(lambda: args.run(args), getattr(args, "traceback", False))
 
 
