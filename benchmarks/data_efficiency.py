@@ -391,8 +391,10 @@ def main(argv=None) -> int:
                         help="keep each finished run's directory (model, logs)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
+    from dss_keras.cpu_runtime import use_fast_cpu_runtime
     from dss_keras.quiet import quiet_tensorflow
 
+    use_fast_cpu_runtime()  # as `dss-keras` runs
     quiet_tensorflow()
     logging.basicConfig(level=logging.WARNING)
     os.makedirs(args.out, exist_ok=True)

@@ -30,8 +30,10 @@ def main(argv=None) -> int:
     parser.add_argument("--json-out", help="write the per-seed figures here")
     args = parser.parse_args(argv)
 
+    from dss_keras.cpu_runtime import use_fast_cpu_runtime
     from dss_keras.quiet import quiet_tensorflow
 
+    use_fast_cpu_runtime()  # as `dss-keras` runs
     quiet_tensorflow()
     from dss_keras import quickstart
 

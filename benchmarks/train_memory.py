@@ -3,13 +3,14 @@
 Trains the shape and data of `train_throughput.py` (t5-v1_1-small shape, CQA,
 batch 8, the fast path) and prints, after each phase, the process' resident
 memory (RSS, now and peak) and what TensorFlow's tensors hold (now and peak).
-TensorFlow reports the latter only with its BFC allocator on the CPU, so the
-script sets `TF_CPU_ALLOCATOR_USE_BFC=true` (which by itself changes peak RSS by
-well under 1%, see BENCHMARKS.md). With `--torch-python`, it also prints the RSS
-of importing the authors' PyTorch stack, for comparison.
+TensorFlow reports the latter only with a pooled CPU allocator, which the
+script turns on as `dss-keras` does (`dss_keras.cpu_runtime`: oneDNN kernels,
+else the BFC allocator). With `--torch-python`, it also prints the RSS of
+importing the authors' PyTorch stack, for comparison.
 
     python benchmarks/train_memory.py --steps 13
-    TF_CPU_ALLOCATOR_USE_BFC=false python benchmarks/train_memory.py   # RSS only
+    TF_ENABLE_ONEDNN_OPTS=0 TF_CPU_ALLOCATOR_USE_BFC=false \
+        python benchmarks/train_memory.py                             # RSS only
     python benchmarks/train_memory.py --torch-python /path/to/venv/bin/python
 """
 
@@ -24,7 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+from dss_keras.cpu_runtime import use_fast_cpu_runtime  # light: imports no TensorFlow
+
+POOLED_ALLOCATOR = use_fast_cpu_runtime()["pooled_allocator"]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HERE = Path(__file__).resolve().parent
 # Current RSS, not ru_maxrss: a child keeps the peak of the process it was forked from.
@@ -42,7 +45,7 @@ def _rss_mb() -> tuple[float, float]:
 def _report(phase: str, tensorflow_ready: bool = True) -> None:
     now, peak = _rss_mb()
     line = f"{phase:34s} RSS {now:6.0f} MB (peak {peak:6.0f})"
-    if tensorflow_ready and os.environ["TF_CPU_ALLOCATOR_USE_BFC"] == "true":
+    if tensorflow_ready and POOLED_ALLOCATOR:
         import tensorflow as tf
 
         info = tf.config.experimental.get_memory_info("CPU:0")

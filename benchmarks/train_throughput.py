@@ -51,10 +51,11 @@ SHAPE = dict(vocabulary_size=32128, num_layers=8, num_heads=6, hidden_dim=512,
 PLAIN = dict(logits_at_targets_only=False, shared_encoder_pass=False, cache_tokens=False,
              fused_adam=False, bucketing=True, jit_compile=False, lm_head_std=None,
              rematerialize=False, flat_train_function=False, release_memory=False,
-             bfc_allocator=False)
-# What `dss-keras train` and the recipes run (TensorFlow's BFC allocator on the CPU included).
+             bfc_allocator=False, onednn=None)
+# What `dss-keras train` and the recipes run (`dss_keras.cpu_runtime` included: oneDNN
+# kernels, TF_ENABLE_ONEDNN_OPTS=1, which pool CPU memory themselves; else the BFC allocator).
 FAST = dict(PLAIN, logits_at_targets_only=True, fused_adam=True, flat_train_function=True,
-            bfc_allocator=True)
+            bfc_allocator=True, onednn=True)
 VARIANTS = {
     "fast": FAST,
     "plain": PLAIN,
@@ -74,9 +75,13 @@ VARIANTS = {
     # handed back after the first step (opt-in: `flat_train_function(release_memory=True)`).
     "fast-keras-function": dict(FAST, flat_train_function=False),
     "fast-release-memory": dict(FAST, release_memory=True),
-    # TensorFlow's default CPU allocator, malloc (TF_CPU_ALLOCATOR_USE_BFC=false): the
-    # step's large tensors are page-faulted in again each step (`fast` before the BFC default).
-    "fast-malloc": dict(FAST, bfc_allocator=False),
+    # Without oneDNN's graph rewrites (TF_ENABLE_ONEDNN_OPTS=0; TensorFlow turns them on by
+    # itself only on CPUs with AVX-512 VNNI, BF16 or AMX): MatMul runs in Eigen. Still
+    # with the BFC allocator (TF_CPU_ALLOCATOR_USE_BFC=true).
+    "fast-eigen": dict(FAST, onednn=False),
+    # Neither: Eigen, and malloc for every CPU tensor, so each step's large tensors are
+    # page-faulted in again (`fast` on an AVX2 CPU before either was the default).
+    "fast-eigen-malloc": dict(FAST, onednn=False, bfc_allocator=False),
     # The official stand-in's LM head init (Hugging Face's std 1.0, logits of std ~20).
     "fast-hf-init": dict(FAST, lm_head_std=1.0),
 }
@@ -204,6 +209,8 @@ def run_keras(args) -> dict:
     """One dss-keras variant: fit for warmup + timed steps, timing each batch."""
     os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = (
         "true" if VARIANTS[args.variant]["bfc_allocator"] else "false")
+    if VARIANTS[args.variant]["onednn"] is not None:
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if VARIANTS[args.variant]["onednn"] else "0"
     import keras
     import numpy as np
     import tensorflow as tf
@@ -261,7 +268,15 @@ def run_keras(args) -> dict:
         "threads": args.threads,
         "options": options,
         "tensorflow_version": tf.__version__,
+        "onednn_graph_rewrites": _onednn_enabled(),
     }
+
+
+def _onednn_enabled() -> bool:
+    """Whether TensorFlow rewrites this process's graphs onto oneDNN kernels."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def run_official(args, records: Path, spm: Path, workdir: Path) -> dict:

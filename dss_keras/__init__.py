@@ -5,6 +5,7 @@ Train a small seq2seq model on an LLM's labels and rationales:
 ```python
 import dss_keras
 
+dss_keras.use_fast_cpu_runtime()  # optional: oneDNN and pooled memory on any CPU
 splits = dss_keras.data.load("word_problems")
 model = dss_keras.DistillStepByStep(dss_keras.backbones.tiny_t5(
     [r.input for r in splits.train] + [r.rationale for r in splits.train]))
@@ -28,7 +29,7 @@ _ATTRIBUTES = {
     "TokenMean": "dss_keras.metrics",
     "MultiTaskPreprocessor": "dss_keras.preprocessor",
     "TrainConfig": "dss_keras.config",
-    "use_pooled_cpu_allocator": "dss_keras.cpu_allocator",
+    "use_fast_cpu_runtime": "dss_keras.cpu_runtime",
 }
 _SUBMODULES = ("backbones", "data", "evaluation", "experiments", "export", "metrics",
                "quickstart", "testing", "training", "tuning")

@@ -19,8 +19,8 @@ flags are defined, so that a flag means the same in every command.
 Each subcommand parses its flags and calls one library function. `train`,
 `tune` and the recipes take their run settings from `TrainConfig.add_flags`,
 so a flag means the same everywhere. TensorFlow's C++ logs are off unless
-`--verbose` is given, and its pooled (BFC) CPU allocator is on unless
-`TF_CPU_ALLOCATOR_USE_BFC=false` says otherwise (`dss_keras.cpu_allocator`).
+`--verbose` is given, and its pooled CPU allocator and oneDNN kernels are on unless the
+environment says otherwise (`dss_keras.cpu_runtime`).
 """
 
 from __future__ import annotations
@@ -438,11 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _prepare_tensorflow(verbose: bool) -> None:
-    """Pooled CPU memory and quiet logs, set before TensorFlow's runtime starts."""
-    from dss_keras.cpu_allocator import use_pooled_cpu_allocator
+    """Fast CPU settings and quiet logs, set before TensorFlow loads."""
+    from dss_keras.cpu_runtime import use_fast_cpu_runtime
     from dss_keras.quiet import quiet_tensorflow
 
-    use_pooled_cpu_allocator(warn=False)  # `main()` called again in one process: no news
+    use_fast_cpu_runtime(warn=False)  # `main()` called again in one process: no news
     quiet_tensorflow(verbose)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
 
