@@ -215,6 +215,7 @@ def run_keras(args) -> dict:
     import numpy as np
     import tensorflow as tf
 
+    from dss_keras.cpu_runtime import onednn_in_effect
     from dss_keras.data.records import read_jsonl
 
     options = VARIANTS[args.variant]
@@ -268,15 +269,8 @@ def run_keras(args) -> dict:
         "threads": args.threads,
         "options": options,
         "tensorflow_version": tf.__version__,
-        "onednn_graph_rewrites": _onednn_enabled(),
+        "onednn_graph_rewrites": onednn_in_effect(),
     }
-
-
-def _onednn_enabled() -> bool:
-    """Whether TensorFlow rewrites this process's graphs onto oneDNN kernels."""
-    from tensorflow.python.util import _pywrap_util_port
-
-    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def run_official(args, records: Path, spm: Path, workdir: Path) -> dict:

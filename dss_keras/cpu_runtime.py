@@ -53,13 +53,13 @@ def use_fast_cpu_runtime(warn: bool = True) -> dict[str, bool]:
     """
     too_late = []
     if "tensorflow" in sys.modules:
-        onednn = _onednn_in_effect()
+        onednn = onednn_in_effect()
         if not onednn and ONEDNN_KERNELS not in os.environ:
             too_late.append(ONEDNN_KERNELS)
     else:
         onednn = _is_true(os.environ.setdefault(ONEDNN_KERNELS, "1"))
     if _tensorflow_running():
-        pooled = _pooled_allocator_in_effect()
+        pooled = pooled_allocator_in_effect()
         if not pooled and POOLED_ALLOCATOR not in os.environ:
             too_late.append(POOLED_ALLOCATOR)
     else:
@@ -84,14 +84,14 @@ def _tensorflow_running() -> bool:
     return bool(getattr(context.context(), "_initialized", False))
 
 
-def _onednn_in_effect() -> bool:
+def onednn_in_effect() -> bool:
     """Whether TensorFlow, imported, rewrites its graphs onto oneDNN kernels."""
     from tensorflow.python.util import _pywrap_util_port
 
     return bool(_pywrap_util_port.IsMklEnabled())
 
 
-def _pooled_allocator_in_effect() -> bool:
+def pooled_allocator_in_effect() -> bool:
     """Whether TensorFlow's running CPU allocator pools memory (only those keep statistics)."""
     import tensorflow as tf
 

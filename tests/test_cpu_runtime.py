@@ -56,9 +56,9 @@ def test_dss_keras_train_runs_with_both_unless_told_not_to(tmp_path):
 def test_a_fresh_process_gets_what_the_variables_say(allocator, onednn):
     code = ("from dss_keras import use_fast_cpu_runtime as use; said = use(); "
             "import tensorflow as tf; tf.constant(1.0) + 1; "
-            "from dss_keras.cpu_runtime import _onednn_in_effect, _pooled_allocator_in_effect; "
-            "print(said == dict(onednn_kernels=_onednn_in_effect(), "
-            "pooled_allocator=_pooled_allocator_in_effect()), sorted(said.values()))")
+            "from dss_keras.cpu_runtime import onednn_in_effect, pooled_allocator_in_effect; "
+            "print(said == dict(onednn_kernels=onednn_in_effect(), "
+            "pooled_allocator=pooled_allocator_in_effect()), sorted(said.values()))")
     said = _run_python(code, **{POOLED_ALLOCATOR: allocator, ONEDNN_KERNELS: onednn})
     onednn = onednn.lower() in ("1", "true")
     pooled = allocator.lower() in ("1", "true") or onednn  # oneDNN pools memory itself
