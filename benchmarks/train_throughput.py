@@ -51,11 +51,14 @@ SHAPE = dict(vocabulary_size=32128, num_layers=8, num_heads=6, hidden_dim=512,
 PLAIN = dict(logits_at_targets_only=False, shared_encoder_pass=False, cache_tokens=False,
              fused_adam=False, bucketing=True, jit_compile=False, lm_head_std=None,
              rematerialize=False, flat_train_function=False, release_memory=False,
-             bfc_allocator=False, onednn=None)
+             bfc_allocator=False, onednn=None, examples_per_row=1, inter_op_threads=None,
+             one_pass_clip=False)
 # What `dss-keras train` and the recipes run (`dss_keras.cpu_runtime` included: oneDNN
-# kernels, TF_ENABLE_ONEDNN_OPTS=1, which pool CPU memory themselves; else the BFC allocator).
+# kernels, TF_ENABLE_ONEDNN_OPTS=1, which pool CPU memory themselves; else the BFC allocator):
+# both tasks' examples packed four to a row, one encoder and one decoder call per step.
 FAST = dict(PLAIN, logits_at_targets_only=True, fused_adam=True, flat_train_function=True,
-            bfc_allocator=True, onednn=True)
+            bfc_allocator=True, onednn=True, examples_per_row=4, shared_encoder_pass=True,
+            one_pass_clip=True)
 VARIANTS = {
     "fast": FAST,
     "plain": PLAIN,
@@ -82,6 +85,19 @@ VARIANTS = {
     # Neither: Eigen, and malloc for every CPU tensor, so each step's large tensors are
     # page-faulted in again (`fast` on an AVX2 CPU before either was the default).
     "fast-eigen-malloc": dict(FAST, onednn=False, bfc_allocator=False),
+    # Packing (`dss_keras.packing`): `fast` without it (the default before packing), with
+    # other row sizes, and with each task packed apart (two encoder and decoder calls).
+    "fast-unpacked": dict(FAST, examples_per_row=1, shared_encoder_pass=False),
+    "fast-pack2": dict(FAST, examples_per_row=2),
+    "fast-pack8": dict(FAST, examples_per_row=8),
+    "fast-pack2-per-task": dict(FAST, examples_per_row=2, shared_encoder_pass=False),
+    "fast-pack4-per-task": dict(FAST, examples_per_row=4, shared_encoder_pass=False),
+    "fast-pack8-per-task": dict(FAST, examples_per_row=8, shared_encoder_pass=False),
+    # One op at a time, each on every intra-op thread (inter-op threads: 1, not --threads).
+    "fast-pack2-per-task-serial": dict(FAST, examples_per_row=2, shared_encoder_pass=False,
+                                       inter_op_threads=1),
+    # Keras' gradient clipping (square, sum, then scale every gradient, every step).
+    "fast-keras-clip": dict(FAST, one_pass_clip=False),
     # The official stand-in's LM head init (Hugging Face's std 1.0, logits of std ~20).
     "fast-hf-init": dict(FAST, lm_head_std=1.0),
 }
@@ -136,13 +152,17 @@ def prepare_inputs(args, workdir: Path) -> tuple[Path, Path]:
     return path, spm
 
 
-def _counting(dataset, counts: list):
+def _counting(dataset, counts: list, examples_per_row: int = 1, joint: bool = False):
     """`dataset` that appends each batch's token counts to `counts` as it is produced.
 
     Batches are produced in the order they are consumed (prefetching only runs
-    ahead), so `counts[i]` belongs to the i-th batch that `fit` trains on.
+    ahead), so `counts[i]` belongs to the i-th batch that `fit` trains on. With
+    packing, the padded counts are the packed rows' sizes (those of both tasks
+    together, counted on the label task, when `joint`).
     """
     import tensorflow as tf
+
+    from dss_keras.packing import pack_task, stack_examples
 
     def note(*values):
         counts.append([int(v) for v in values])
@@ -150,10 +170,19 @@ def _counting(dataset, counts: list):
 
     def count(x, y, w):
         values = []
+        packed_sizes = {}
+        if examples_per_row > 1:  # what the model runs: the packed rows
+            groups = [list(x)] if joint else [[task] for task in x]
+            for group in groups:
+                packed = pack_task(stack_examples([x[t] for t in group]), examples_per_row)
+                for side in ("encoder", "decoder"):  # a joint group's rows count once
+                    rows = tf.size(getattr(packed, f"{side}_token_ids"))
+                    packed_sizes[group[0], side] = rows
+                    packed_sizes.update({(t, side): 0 for t in group[1:]})
         for task in x:
             for side in ("encoder", "decoder"):
                 mask = x[task][f"{side}_padding_mask"]
-                values += [tf.reduce_sum(mask), tf.size(mask)]
+                values += [tf.reduce_sum(mask), packed_sizes.get((task, side), tf.size(mask))]
         done = tf.py_function(note, values, tf.int32)
         with tf.control_dependencies([done]):
             x = tf.nest.map_structure(tf.identity, x)
@@ -185,12 +214,15 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
         max_rationale_length=MAX_LENGTH,
         logits_at_targets_only=options["logits_at_targets_only"],
         shared_encoder_pass=options["shared_encoder_pass"],
-        rematerialize=options["rematerialize"])
+        rematerialize=options["rematerialize"], examples_per_row=options["examples_per_row"])
     config = TrainConfig(learning_rate=5e-5, lr_schedule="linear", steps=steps,
                          adam_epsilon=1e-8, clip_global_norm=1.0, batch_size=batch_size)
     optimizer = make_optimizer(config)
     if not options["fused_adam"]:  # Keras' own AdamW update, op by op
         optimizer.update_step = functools.partial(keras.optimizers.AdamW.update_step, optimizer)
+    if not options["one_pass_clip"]:  # Keras' own global-norm clipping
+        optimizer._clip_gradients = functools.partial(keras.optimizers.AdamW._clip_gradients,
+                                                      optimizer)
     model.compile(optimizer=optimizer, jit_compile=options["jit_compile"])
     if not options["flat_train_function"]:  # Keras' two nested tf.functions
         model.make_train_function = functools.partial(keras.Model.make_train_function, model)
@@ -220,12 +252,14 @@ def run_keras(args) -> dict:
 
     options = VARIANTS[args.variant]
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(
+        options["inter_op_threads"] or args.threads)
     total = args.warmup_steps + args.steps
     model, dataset = build_variant(Path(args.spm).read_bytes(), read_jsonl(args.records),
                                    options, total, args.batch_size)
     counts: list = []
-    dataset = _counting(dataset, counts)
+    dataset = _counting(dataset, counts, options["examples_per_row"],
+                        joint=options["shared_encoder_pass"])
 
     class Timer(keras.callbacks.Callback):
         times, cpu_times = [], []

@@ -232,7 +232,8 @@ def _add_model_commands(commands) -> None:
 def _quickstart(args) -> int:
     from dss_keras import quickstart
 
-    overrides = {"steps": args.steps, "eval_every": min(400, args.steps), "seed": args.seed}
+    overrides = {"steps": args.steps, "eval_every": min(400, args.steps), "seed": args.seed,
+                 "examples_per_row": args.examples_per_row}
     if args.num_train is not None:
         overrides["data"] = f"word_problems:{args.num_train}"
     results = quickstart.run_quickstart(args.run_dir, **overrides)
@@ -251,6 +252,9 @@ def _add_quickstart_command(commands) -> None:
     quick.add_argument("--run-dir", default="runs/quickstart")
     quick.add_argument("--steps", type=int, default=1200, help="steps of each run")
     quick.add_argument("--seed", type=int, default=0, help="seeds the weights and the data order")
+    quick.add_argument("--examples-per-row", type=int, default=1,
+                       help="packed examples per row (default 1: at this width packing "
+                            "does not pay)")
     quick.add_argument("--num-train", type=int,
                        help="generated training problems (default: 2000, 500 held out)")
     quick.add_argument("--export-dir", default="saved_models/quickstart",

@@ -62,7 +62,7 @@ _PATH_FIELDS = ("data_dir", "train_file", "validation_file", "test_file", "prese
 _POSITIVE_INTS = (
     "vocabulary_size", "hidden_dim", "num_layers", "num_heads", "intermediate_dim",
     "max_input_length", "max_label_length", "max_rationale_length", "batch_size", "steps",
-    "eval_every", "gradient_accumulation_steps", "eval_batch_size",
+    "eval_every", "gradient_accumulation_steps", "eval_batch_size", "examples_per_row",
 )
 
 
@@ -159,6 +159,10 @@ class TrainConfig:
     rematerialize: bool = _field(
         False, "recompute each T5 layer in the backward pass instead of storing its "
         "activations: less tensor memory, about 1.2x the step time")
+    examples_per_row: int = _field(
+        4, "pack up to this many examples (both tasks') into one row, with attention masks "
+        "that keep them apart, so that T5 does almost no work on padding (1: off; not under "
+        "XLA)")
     strategy: str = _field(
         "default", "tf.distribute strategy: one device, 'mirrored' (the GPUs of this machine), "
         "'multi_worker' (workers named by TF_CONFIG) or 'tpu'; batch_size is the global batch",
@@ -275,7 +279,10 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainConfig":
         with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+            data = json.load(f)
+        # Configs saved before packing existed describe unpacked runs.
+        data.setdefault("examples_per_row", 1)
+        return cls.from_dict(data)
 
     # --- flags ------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from dss_keras import optimizers as _optimizers  # noqa: F401  (registers them f
 from dss_keras.config import MODES
 from dss_keras.decoding import decoder_for
 from dss_keras.metrics.token_mean import TokenMean
+from dss_keras.packing import pack_task, stack_examples
 from dss_keras.preprocessor import TASKS, MultiTaskPreprocessor
 from dss_keras.seq2seq_parts import Seq2SeqParts
 from dss_keras.train_function import flat_train_function
@@ -66,11 +67,19 @@ class DistillStepByStep(keras.Model):
             states of real target tokens, not padding (the same loss, less
             work; not under XLA, which needs static shapes).
         shared_encoder_pass: Run the `predict:` and `explain:` inputs through
-            the encoder as one batch (T5 only). Off by default: on CPU it did
-            not pay (see BENCHMARKS.md).
+            the encoder as one batch (T5 only); with packed rows, both tasks'
+            examples share the rows and go through the encoder and the decoder
+            in one call each (a smaller traced step: less memory). `None`
+            (default): on when rows are packed, off otherwise (unpacked, it
+            did not pay on CPU; see BENCHMARKS.md).
         rematerialize: Recompute each transformer layer in the backward pass
             instead of keeping its activations (T5 only): less memory for
             more compute, the same gradients (`dss_keras.remat`).
+        examples_per_row: Pack up to this many examples of a batch into one
+            row, with attention masks that keep them apart, so that the
+            encoder and decoder do (almost) no work on padding (T5 only,
+            not under XLA; `dss_keras.packing`). The loss and gradients are
+            the padded batch's; 1 turns packing off.
 
     With any of these options a T5 or BART model is called in pieces
     (`dss_keras.seq2seq_parts`); other models always run whole. The loss and
@@ -105,8 +114,9 @@ class DistillStepByStep(keras.Model):
         max_rationale_length: int = 256,
         sequence_layout: dict | None = None,
         logits_at_targets_only: bool = True,
-        shared_encoder_pass: bool = False,
+        shared_encoder_pass: bool | None = None,
         rematerialize: bool = False,
+        examples_per_row: int = 4,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -118,12 +128,17 @@ class DistillStepByStep(keras.Model):
         self.alpha = float(alpha)
         self.mode = mode
         self.logits_at_targets_only = bool(logits_at_targets_only)
-        self.shared_encoder_pass = bool(shared_encoder_pass)
+        self._shared_encoder_pass = (None if shared_encoder_pass is None
+                                     else bool(shared_encoder_pass))
         self._parts = Seq2SeqParts.of(seq2seq_lm)
         self.rematerialize = bool(rematerialize)
         if self.rematerialize and not (self._parts and self._parts.can_split_encoder):
             raise ValueError("`rematerialize=True` needs a T5 model (keras_hub.models."
                              f"T5Seq2SeqLM). Received: {type(seq2seq_lm).__name__}")
+        if not isinstance(examples_per_row, int) or examples_per_row < 1:
+            raise ValueError("`examples_per_row` must be a whole number, at least 1. "
+                             f"Received: examples_per_row={examples_per_row!r}")
+        self.examples_per_row = examples_per_row
         self.preprocessor = MultiTaskPreprocessor.from_seq2seq_lm(
             seq2seq_lm,
             **(sequence_layout or {}),
@@ -144,6 +159,13 @@ class DistillStepByStep(keras.Model):
     def tasks(self) -> tuple[str, ...]:
         """The trained tasks: both, or only `"label"` in standard mode."""
         return TASKS if self.mode == "distill_step_by_step" else ("label",)
+
+    @property
+    def shared_encoder_pass(self) -> bool:
+        """Whether both tasks go through the encoder together (see the class docstring)."""
+        if self._shared_encoder_pass is None:  # on exactly when rows are packed
+            return self._packs_rows()
+        return self._shared_encoder_pass
 
     @property
     def metrics(self):
@@ -189,8 +211,47 @@ class DistillStepByStep(keras.Model):
                 outputs[own], padding_mask[own], training=training, rematerialize=remat)
         return hidden
 
+    def _packs_rows(self, jit_compile=None) -> bool:
+        """Whether batches are packed (`examples_per_row`): T5, and not under XLA."""
+        jit_compile = self.jit_compile if jit_compile is None else jit_compile
+        return (self.examples_per_row > 1 and self._parts is not None
+                and self._parts.can_split_encoder and not jit_compile)
+
+    def _packed_task_logits(self, x, y, sample_weight, training):
+        """`_task_logits` of packed rows: logits at the real target tokens.
+
+        With `shared_encoder_pass` both tasks' examples are packed together
+        (one encoder and one decoder call), else each task's apart.
+        """
+        parts, remat = self._parts, self.rematerialize
+        together = self.shared_encoder_pass and len(self.tasks) == 2
+        groups = [self.tasks] if together else [(task,) for task in self.tasks]
+        outputs = {}
+        for group in groups:
+            packed = pack_task(stack_examples([x[task] for task in group]),
+                               self.examples_per_row)
+            encoded = parts.encode(packed.encoder_token_ids, None, training=training,
+                                   rematerialize=remat,
+                                   attention_mask=packed.encoder_attention_mask)
+            hidden = parts.decode(packed.decoder_token_ids, None, encoded, None,
+                                  training=training, rematerialize=remat,
+                                  attention_mask=packed.decoder_attention_mask,
+                                  encoder_attention_mask=packed.cross_attention_mask)
+            for index, task in enumerate(group):
+                weights = sample_weight[task]
+                positions = tf.where(weights > 0)
+                # The task's examples follow the group's earlier tasks' in the packed batch.
+                shift = tf.cast(index * tf.shape(weights)[0], positions.dtype)
+                states = packed.decoder_states_at(hidden, positions + [[shift, 0]])
+                outputs[task] = (parts.vocabulary_logits(states),
+                                 tf.gather_nd(y[task], positions),
+                                 tf.gather_nd(weights, positions))
+        return outputs
+
     def _task_logits(self, x, y, sample_weight, training):
         """Per task `(logits, targets, weights)`, gathered at real targets on the fast path."""
+        if self._packs_rows():
+            return self._packed_task_logits(x, y, sample_weight, training)
         pieces = self.logits_at_targets_only or self.shared_encoder_pass or self.rematerialize
         if self._parts is None or not pieces:
             return {task: (self.seq2seq_lm(x[task], training=training), y[task],
@@ -354,8 +415,9 @@ class DistillStepByStep(keras.Model):
                 "max_label_length": pre.max_label_length,
                 "max_rationale_length": pre.max_rationale_length,
                 "logits_at_targets_only": self.logits_at_targets_only,
-                "shared_encoder_pass": self.shared_encoder_pass,
+                "shared_encoder_pass": self._shared_encoder_pass,
                 "rematerialize": self.rematerialize,
+                "examples_per_row": self.examples_per_row,
                 "sequence_layout": {
                     "encoder_start_ids": pre.encoder_start_ids,
                     "decoder_start_ids": pre.decoder_start_ids,

@@ -46,6 +46,8 @@ def quickstart_config(run_dir: str = "runs/quickstart", **overrides) -> TrainCon
         learning_rate=3e-3,
         steps=1200,
         eval_every=400,
+        # At width 64 the step is all overhead: packing ran 1.1x slower here (BENCHMARKS.md).
+        examples_per_row=1,
         run_dir=run_dir,
     )
     return config.replace(**overrides)

@@ -9,9 +9,11 @@ by calling the model in pieces:
   states of real target tokens (padding never reaches the vocabulary-sized
   matmul and softmax, the largest in a small model);
 - `encode` / `decode`: the encoder and the decoder apart (T5 only), so that
-  both tasks' inputs go through the encoder in one call, and so that each
-  transformer layer can be recomputed in the backward pass instead of
-  storing its activations (`rematerialize=True`, see `dss_keras.remat`).
+  both tasks' inputs go through the encoder in one call, so that several
+  examples can share a row with per-example attention masks
+  (`dss_keras.packing`), and so that each transformer layer can be
+  recomputed in the backward pass instead of storing its activations
+  (`rematerialize=True`, see `dss_keras.remat`).
 
 Each piece calls the model's own layers in the order its functional graph
 does; `tests/test_fast_loss.py` checks that the pieces give the logits of
@@ -83,12 +85,17 @@ class Seq2SeqParts:
         return backbone.token_embedding(hidden_states, reverse=True)
 
     def encode(self, token_ids, padding_mask, training: bool = False,
-               rematerialize: bool = False):
-        """T5's encoder: `[batch, source, hidden]` outputs."""
+               rematerialize: bool = False, attention_mask=None):
+        """T5's encoder: `[batch, source, hidden]` outputs.
+
+        `attention_mask` (`[batch, source, source]`, e.g. a packed batch's)
+        replaces the one of `padding_mask`, which may then be `None`.
+        """
         backbone = self.backbone
         x = backbone.token_embedding(token_ids)
         x = backbone.encoder_embedding_dropout(x, training=training)
-        attention_mask = padding_mask[:, None, :]
+        if attention_mask is None:
+            attention_mask = padding_mask[:, None, :]
         position_bias = None
         for layer in backbone.encoder_transformer_layers:
             def call(x, position_bias=None, layer=layer):
@@ -100,13 +107,21 @@ class Seq2SeqParts:
         return backbone.encoder_dropout(x, training=training)
 
     def decode(self, token_ids, padding_mask, encoder_outputs, encoder_padding_mask,
-               training: bool = False, rematerialize: bool = False):
-        """T5's decoder over given encoder outputs: `[batch, target, hidden]`."""
+               training: bool = False, rematerialize: bool = False, attention_mask=None,
+               encoder_attention_mask=None):
+        """T5's decoder over given encoder outputs: `[batch, target, hidden]`.
+
+        `attention_mask` (`[batch, target, target]`, the causal part is
+        added) and `encoder_attention_mask` (`[batch, target, source]`)
+        replace those of the padding masks, which may then be `None`.
+        """
         backbone = self.backbone
         x = backbone.token_embedding(token_ids)
         x = backbone.decoder_embedding_dropout(x, training=training)
-        attention_mask = padding_mask[:, None, :]
-        encoder_attention_mask = encoder_padding_mask[:, None, :]
+        if attention_mask is None:
+            attention_mask = padding_mask[:, None, :]
+        if encoder_attention_mask is None:
+            encoder_attention_mask = encoder_padding_mask[:, None, :]
         position_bias = None
         for layer in backbone.decoder_transformer_layers:
             def call(x, encoder_outputs, position_bias=None, layer=layer):

@@ -155,6 +155,7 @@ def build_model(config: TrainConfig, train_records: Sequence[Record],
             max_label_length=config.max_label_length,
             max_rationale_length=config.max_rationale_length,
             rematerialize=config.rematerialize,
+            examples_per_row=config.examples_per_row,
         )
         model.compile(optimizer=make_optimizer(config), jit_compile=config.jit_compile_value)
     return model

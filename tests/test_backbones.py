@@ -97,7 +97,8 @@ def _tiny_bart():
 @pytest.mark.slow
 def test_bart_backbone_trains_and_generates():
     model = DistillStepByStep(_tiny_bart(), max_input_length=48, max_label_length=4,
-                              max_rationale_length=16)
+                              max_rationale_length=16, examples_per_row=4)
+    assert not model._packs_rows()  # absolute positions: BART batches are not packed
     pre = model.preprocessor
     # BART's layout: encoder `<s> ... </s>`, decoder starts from `</s> <s>`.
     assert pre.encoder_start_ids == [0] and pre.decoder_start_ids == [2, 0]

@@ -13,14 +13,26 @@ from dss_keras.model import DistillStepByStep
 from dss_keras.seq2seq_parts import Seq2SeqParts
 
 FAST_OPTIONS = {
-    "gather": dict(logits_at_targets_only=True, shared_encoder_pass=False),
-    "shared_encoder": dict(logits_at_targets_only=False, shared_encoder_pass=True),
-    "both": dict(logits_at_targets_only=True, shared_encoder_pass=True),
-    "remat": dict(logits_at_targets_only=True, shared_encoder_pass=False, rematerialize=True),
+    "gather": dict(logits_at_targets_only=True, shared_encoder_pass=False, examples_per_row=1),
+    "shared_encoder": dict(logits_at_targets_only=False, shared_encoder_pass=True,
+                           examples_per_row=1),
+    "both": dict(logits_at_targets_only=True, shared_encoder_pass=True, examples_per_row=1),
+    "remat": dict(logits_at_targets_only=True, shared_encoder_pass=False, rematerialize=True,
+                  examples_per_row=1),
     "remat_shared_encoder": dict(logits_at_targets_only=False, shared_encoder_pass=True,
+                                 rematerialize=True, examples_per_row=1),
+    # Packing (dss_keras.packing): 12 examples in rows of up to 4 (3 rows), 5 (3 rows, one
+    # shorter) and 12 (one row), with and without rematerialisation; "joint": both tasks'
+    # 24 examples in the same rows.
+    "packed_4": dict(examples_per_row=4),
+    "packed_5_remat": dict(examples_per_row=5, rematerialize=True),
+    "packed_12": dict(examples_per_row=12, logits_at_targets_only=False),
+    "packed_2_joint": dict(examples_per_row=2, shared_encoder_pass=True),
+    "packed_5_joint_remat": dict(examples_per_row=5, shared_encoder_pass=True,
                                  rematerialize=True),
 }
-PLAIN = dict(logits_at_targets_only=False, shared_encoder_pass=False, rematerialize=False)
+PLAIN = dict(logits_at_targets_only=False, shared_encoder_pass=False, rematerialize=False,
+             examples_per_row=1)
 
 
 def _model(mode="distill_step_by_step", lm=None, **options):
@@ -137,11 +149,14 @@ def test_fast_and_plain_fits_train_the_same_weights():
 
 
 def test_fast_path_options_survive_saving(tmp_path):
-    model = _model(logits_at_targets_only=False, shared_encoder_pass=True, rematerialize=True)
+    model = _model(logits_at_targets_only=False, shared_encoder_pass=True, rematerialize=True,
+                   examples_per_row=1)
     model.save(tmp_path / "model.keras")
     restored = keras.saving.load_model(tmp_path / "model.keras")
     assert (restored.logits_at_targets_only, restored.shared_encoder_pass,
-            restored.rematerialize) == (False, True, True)
+            restored.rematerialize, restored.examples_per_row) == (False, True, True, 1)
+    _model(examples_per_row=3).save(tmp_path / "packed.keras")
+    assert keras.saving.load_model(tmp_path / "packed.keras").examples_per_row == 3
 
 
 def test_bounded_shapes_pad_to_few_lengths_and_change_no_loss():

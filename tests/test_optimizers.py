@@ -49,6 +49,22 @@ def test_clipping_to_the_global_norm():
     assert make_optimizer(TrainConfig()).global_clipnorm is None  # off by default
 
 
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3, np.inf])
+def test_one_pass_clipping_equals_keras_clipping(scale):
+    from keras.src.optimizers.base_optimizer import clip_by_global_norm
+
+    rng = np.random.default_rng(0)
+    grads = [tf.constant(rng.normal(size=(30, 7)).astype("float32") * scale), None,
+             tf.constant(rng.normal(size=(5,)).astype("float32"))]
+    optimizer = make_optimizer(TrainConfig(clip_global_norm=1.0))
+    got = optimizer._clip_gradients(grads)
+    want = clip_by_global_norm([g for g in grads if g is not None], 1.0)
+    assert got[1] is None
+    for got_one, want_one in zip([got[0], got[2]], want):
+        # A gradient with an infinite norm becomes NaN, as in Keras.
+        np.testing.assert_allclose(got_one, want_one, rtol=1e-6)
+
+
 def test_sparse_gradients_are_summed_before_adam():
     """A row looked up twice gets Adam's moments of the summed gradient."""
     dense, sparse = keras.Variable([[1.0], [1.0]]), keras.Variable([[1.0], [1.0]])

@@ -1,3 +1,4 @@
+import json
 import os
 import re
 import subprocess
@@ -18,12 +19,15 @@ CPP_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d|absl::InitializeLog")
 def test_quickstart_runs_end_to_end_and_serves(tmp_path, capsys):
     run_dir, export_dir = str(tmp_path / "runs"), str(tmp_path / "saved")
     assert cli.main(["quickstart", "--run-dir", run_dir, "--steps", "6", "--num-train", "64",
-                     "--seed", "3", "--export-dir", export_dir]) == 0
+                     "--seed", "3", "--export-dir", export_dir, "--examples-per-row", "3"]) == 0
     out = capsys.readouterr().out
     assert "standard finetuning" in out and "distilling step-by-step" in out
     assert "label accuracy" in out and "seed 3" in out
     for mode in ("standard", "distill_step_by_step"):
         assert os.path.exists(os.path.join(run_dir, mode, "model.keras"))
+        with open(os.path.join(run_dir, mode, "config.json")) as file:
+            assert json.load(file)["examples_per_row"] == 3
+    assert quickstart.quickstart_config().examples_per_row == 1  # unpacked unless asked
     assert os.listdir(export_dir) == ["1"]
     assert "-> " in out
     assert len(load_and_predict(export_dir, ["Ana has 3 cups. How many cups does Ana have?"])) == 1

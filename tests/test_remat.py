@@ -20,6 +20,8 @@ def dropout_lm():
 
 
 def _model(lm, **options):
+    # Unpacked unless asked: each task runs its own encoder and decoder calls.
+    options.setdefault("examples_per_row", 1)
     return DistillStepByStep(lm, max_input_length=48, max_label_length=4,
                              max_rationale_length=16, **options)
 
@@ -49,8 +51,10 @@ def _loss_and_gradients(model, batch, seed_states):
     return float(loss), [tf.convert_to_tensor(g).numpy() for g in gradients]
 
 
-def test_recomputation_draws_the_masks_of_the_first_run(dropout_lm, monkeypatch):
-    model = _model(dropout_lm, rematerialize=True)
+@pytest.mark.parametrize("examples_per_row", [1, 4])
+def test_recomputation_draws_the_masks_of_the_first_run(dropout_lm, monkeypatch,
+                                                        examples_per_row):
+    model = _model(dropout_lm, rematerialize=True, examples_per_row=examples_per_row)
     batch, states = _batch(model), _seed_states(dropout_lm)
     loss, gradients = _loss_and_gradients(model, batch, states)
     # The same seeds without recomputation: the activations are stored, as usual.
