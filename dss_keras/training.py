@@ -128,6 +128,11 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     return optimizer
 
 
+# The TrainConfig fields that are `DistillStepByStep` arguments of the same name.
+_MODEL_FIELDS = ("alpha", "mode", "label_prefix", "rationale_prefix", "max_input_length",
+                 "max_label_length", "max_rationale_length", "rematerialize", "examples_per_row")
+
+
 def build_model(config: TrainConfig, train_records: Sequence[Record],
                 vocabulary_path: str, strategy=None) -> DistillStepByStep:
     """The compiled `DistillStepByStep` of `config`, created under the strategy's scope.
@@ -145,18 +150,8 @@ def build_model(config: TrainConfig, train_records: Sequence[Record],
 
     strategy = strategy or strategies.make_strategy(config.strategy)
     with strategy.scope():
-        model = DistillStepByStep(
-            build_seq2seq_lm(config, train_records, vocabulary_path),
-            alpha=config.alpha,
-            mode=config.mode,
-            label_prefix=config.label_prefix,
-            rationale_prefix=config.rationale_prefix,
-            max_input_length=config.max_input_length,
-            max_label_length=config.max_label_length,
-            max_rationale_length=config.max_rationale_length,
-            rematerialize=config.rematerialize,
-            examples_per_row=config.examples_per_row,
-        )
+        model = DistillStepByStep(build_seq2seq_lm(config, train_records, vocabulary_path),
+                                  **{name: getattr(config, name) for name in _MODEL_FIELDS})
         model.compile(optimizer=make_optimizer(config), jit_compile=config.jit_compile_value)
     return model
 

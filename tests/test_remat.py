@@ -120,6 +120,8 @@ def test_the_config_flag_reaches_the_model(tmp_path):
 
     config = config.replace(vocabulary_size=120, hidden_dim=16, intermediate_dim=32,
                             num_layers=1, num_heads=2, max_input_length=48,
-                            max_label_length=4, max_rationale_length=16)
+                            max_label_length=4, max_rationale_length=16, examples_per_row=3,
+                            alpha=0.3)
     model = build_model(config, testing.toy_records(16), str(tmp_path / "vocabulary.spm"))
     assert model.rematerialize is True
+    assert (model.examples_per_row, model.alpha) == (3, 0.3)  # every model field arrives
