@@ -11,7 +11,7 @@ from dss_keras import optimizers as _optimizers  # noqa: F401  (registers them f
 from dss_keras.config import MODES
 from dss_keras.decoding import decoder_for
 from dss_keras.metrics.token_mean import TokenMean
-from dss_keras.packing import pack_task, stack_examples
+from dss_keras.packing import check_examples_per_row, pack_task, stack_examples
 from dss_keras.preprocessor import TASKS, MultiTaskPreprocessor
 from dss_keras.seq2seq_parts import Seq2SeqParts
 from dss_keras.train_function import flat_train_function
@@ -135,10 +135,7 @@ class DistillStepByStep(keras.Model):
         if self.rematerialize and not (self._parts and self._parts.can_split_encoder):
             raise ValueError("`rematerialize=True` needs a T5 model (keras_hub.models."
                              f"T5Seq2SeqLM). Received: {type(seq2seq_lm).__name__}")
-        if not isinstance(examples_per_row, int) or examples_per_row < 1:
-            raise ValueError("`examples_per_row` must be a whole number, at least 1. "
-                             f"Received: examples_per_row={examples_per_row!r}")
-        self.examples_per_row = examples_per_row
+        self.examples_per_row = check_examples_per_row(examples_per_row)
         self.preprocessor = MultiTaskPreprocessor.from_seq2seq_lm(
             seq2seq_lm,
             **(sequence_layout or {}),
@@ -193,16 +190,12 @@ class DistillStepByStep(keras.Model):
         if not (self.shared_encoder_pass and parts.can_split_encoder and len(self.tasks) == 2):
             return {task: parts.hidden_states(x[task], training=training, rematerialize=remat)
                     for task in self.tasks}
-        inputs = [x[task] for task in self.tasks]
-        length = tf.reduce_max([tf.shape(i["encoder_token_ids"])[1] for i in inputs])
-
-        def stacked(key):
-            return tf.concat([tf.pad(i[key], [[0, 0], [0, length - tf.shape(i[key])[1]]])
-                              for i in inputs], axis=0)
-
-        token_ids, padding_mask = stacked("encoder_token_ids"), stacked("encoder_padding_mask")
-        outputs = parts.encode(token_ids, padding_mask, training=training, rematerialize=remat)
-        rows = tf.shape(inputs[0]["encoder_token_ids"])[0]
+        keys = ("encoder_token_ids", "encoder_padding_mask")
+        stacked = stack_examples([{key: x[task][key] for key in keys} for task in self.tasks])
+        padding_mask = stacked["encoder_padding_mask"]
+        outputs = parts.encode(stacked["encoder_token_ids"], padding_mask, training=training,
+                               rematerialize=remat)
+        rows = tf.shape(x[self.tasks[0]]["encoder_token_ids"])[0]
         hidden = {}
         for index, task in enumerate(self.tasks):
             own = slice(index * rows, (index + 1) * rows)
@@ -211,11 +204,10 @@ class DistillStepByStep(keras.Model):
                 outputs[own], padding_mask[own], training=training, rematerialize=remat)
         return hidden
 
-    def _packs_rows(self, jit_compile=None) -> bool:
+    def _packs_rows(self) -> bool:
         """Whether batches are packed (`examples_per_row`): T5, and not under XLA."""
-        jit_compile = self.jit_compile if jit_compile is None else jit_compile
         return (self.examples_per_row > 1 and self._parts is not None
-                and self._parts.can_split_encoder and not jit_compile)
+                and self._parts.can_split_encoder and not self.jit_compile)
 
     def _packed_task_logits(self, x, y, sample_weight, training):
         """`_task_logits` of packed rows: logits at the real target tokens.

@@ -96,16 +96,14 @@ def pack_task(inputs: dict, examples_per_row: int) -> PackedTask:
     Returns:
         A `PackedTask`.
     """
-    if not isinstance(examples_per_row, int) or examples_per_row < 1:
-        raise ValueError("`examples_per_row` must be a whole number, at least 1. "
-                         f"Received: examples_per_row={examples_per_row!r}")
+    check_examples_per_row(examples_per_row)
     encoder_lengths = _lengths(inputs["encoder_padding_mask"])
     decoder_lengths = _lengths(inputs["decoder_padding_mask"])
-    rows, laps, num_rows = _assign_rows(encoder_lengths + decoder_lengths, examples_per_row)
-    encoder_ids, encoder_segments = _pack(inputs["encoder_token_ids"], encoder_lengths,
-                                          rows, laps, num_rows)
+    rows, before, num_rows = _assign_rows(encoder_lengths + decoder_lengths, examples_per_row)
+    encoder_ids, encoder_segments, _ = _pack(inputs["encoder_token_ids"], encoder_lengths,
+                                             rows, before, num_rows)
     decoder_ids, decoder_segments, decoder_offsets = _pack(
-        inputs["decoder_token_ids"], decoder_lengths, rows, laps, num_rows, offsets=True)
+        inputs["decoder_token_ids"], decoder_lengths, rows, before, num_rows)
     return PackedTask(
         encoder_token_ids=encoder_ids,
         decoder_token_ids=decoder_ids,
@@ -115,6 +113,15 @@ def pack_task(inputs: dict, examples_per_row: int) -> PackedTask:
         rows=rows,
         decoder_offsets=decoder_offsets,
     )
+
+
+def check_examples_per_row(examples_per_row) -> int:
+    """`examples_per_row` if it is a whole number, at least 1; else a `ValueError`."""
+    if (not isinstance(examples_per_row, int) or isinstance(examples_per_row, bool)
+            or examples_per_row < 1):
+        raise ValueError("`examples_per_row` must be a whole number, at least 1. "
+                         f"Received: examples_per_row={examples_per_row!r}")
+    return examples_per_row
 
 
 def stack_examples(inputs: Sequence[dict]) -> dict:
@@ -139,7 +146,11 @@ def _lengths(padding_mask):
 
 
 def _assign_rows(lengths, examples_per_row: int):
-    """Each example's row and its place in the row ("lap"), longest examples first."""
+    """Each example's row, which examples come before it in its row, and the row count.
+
+    Longest examples first; `before[i, j]` is True when example `j` precedes
+    example `i` in their row.
+    """
     batch = tf.shape(lengths)[0]
     num_rows = (batch + examples_per_row - 1) // examples_per_row
     order = tf.argsort(lengths, direction="DESCENDING", stable=True)
@@ -147,15 +158,15 @@ def _assign_rows(lengths, examples_per_row: int):
     lap, place = rank // num_rows, rank % num_rows
     row_in_order = tf.where(lap % 2 == 0, place, num_rows - 1 - place)
     index = order[:, None]
-    return (tf.scatter_nd(index, row_in_order, [batch]), tf.scatter_nd(index, lap, [batch]),
-            num_rows)
+    rows = tf.scatter_nd(index, row_in_order, [batch])
+    laps = tf.scatter_nd(index, lap, [batch])
+    before = tf.equal(rows[:, None], rows[None, :]) & (laps[None, :] < laps[:, None])
+    return rows, before, num_rows
 
 
-def _pack(token_ids, lengths, rows, laps, num_rows, offsets: bool = False):
-    """Token ids `[rows, length]` and segment ids (example + 1; 0 on padding)."""
-    same_row = tf.equal(rows[:, None], rows[None, :])
-    earlier = laps[None, :] < laps[:, None]
-    starts = tf.reduce_sum(tf.where(same_row & earlier, lengths[None, :], 0), axis=1)
+def _pack(token_ids, lengths, rows, before, num_rows):
+    """Packed token ids `[rows, length]`, segment ids (example + 1; 0 on padding), starts."""
+    starts = tf.reduce_sum(tf.where(before, lengths[None, :], 0), axis=1)
     # At least 1: a replica may get no example of a short last batch, and KerasHub's
     # attention infers a length from a reshape that an empty axis would leave ambiguous.
     length = tf.maximum(tf.reduce_max(tf.math.unsorted_segment_sum(lengths, rows, num_rows)), 1)
@@ -167,7 +178,7 @@ def _pack(token_ids, lengths, rows, laps, num_rows, offsets: bool = False):
     shape = tf.stack([num_rows, length])
     packed_ids = tf.scatter_nd(target, tf.gather_nd(token_ids, where), shape)
     segments = tf.scatter_nd(target, examples + 1, shape)
-    return (packed_ids, segments, starts) if offsets else (packed_ids, segments)
+    return packed_ids, segments, starts
 
 
 def _same_example(query_segments, key_segments):

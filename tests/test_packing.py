@@ -106,7 +106,7 @@ def test_packing_is_only_for_t5_outside_xla_and_options_are_checked():
     assert model._packs_rows()
     model.compile(optimizer="adam", jit_compile=True)
     assert not model._packs_rows()  # XLA wants static shapes: the padded batch runs
-    for wrong in (0, 2.0, "2"):
+    for wrong in (0, 2.0, "2", True):
         with pytest.raises(ValueError, match="examples_per_row"):
             testing.tiny_model(examples_per_row=wrong)
 
