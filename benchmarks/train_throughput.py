@@ -23,16 +23,21 @@ Sides:
 
     python benchmarks/train_throughput.py --official ../shared/peers/distilling-step-by-step
     python benchmarks/train_throughput.py --steps 10 --variants fast --skip-reference
+    python benchmarks/train_throughput.py --official ../shared/peers/distilling-step-by-step \
+        --rounds 3 --skip-reference --variants fast
 
 Prints examples/s, seconds/step, peak RSS and the tokens (real and padded, per
 step, from the timed batches) of each side, with ratios against `official`
 (or the reference without it); `--json-out` writes every side with the same
-keys.
+keys. With `--rounds N` every side runs N times, alternating, each ratio is
+taken against the first side of its own round (so that a slow drift of the
+machine hits both), and a summary gives each side's ratios over the rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import functools
 import json
 import os
@@ -52,7 +57,7 @@ PLAIN = dict(logits_at_targets_only=False, shared_encoder_pass=False, cache_toke
              fused_adam=False, bucketing=True, jit_compile=False, lm_head_std=None,
              rematerialize=False, flat_train_function=False, release_memory=False,
              bfc_allocator=False, onednn=None, examples_per_row=1, inter_op_threads=None,
-             one_pass_clip=False)
+             one_pass_clip=False, malloc_arenas=None)
 # What `dss-keras train` and the recipes run (`dss_keras.cpu_runtime` included: oneDNN
 # kernels, TF_ENABLE_ONEDNN_OPTS=1, which pool CPU memory themselves; else the BFC allocator):
 # both tasks' examples packed four to a row, one encoder and one decoder call per step.
@@ -98,6 +103,9 @@ VARIANTS = {
                                        inter_op_threads=1),
     # Keras' gradient clipping (square, sum, then scale every gradient, every step).
     "fast-keras-clip": dict(FAST, one_pass_clip=False),
+    # glibc's malloc with at most two arenas (its default is 8 per core), set before
+    # TensorFlow starts its threads: less heap kept per thread, maybe more lock waits.
+    "fast-arenas2": dict(FAST, malloc_arenas=2),
     # The official stand-in's LM head init (Hugging Face's std 1.0, logits of std ~20).
     "fast-hf-init": dict(FAST, lm_head_std=1.0),
 }
@@ -125,6 +133,8 @@ def parse_args(argv=None):
                    help="the Python (with torch, transformers, sentencepiece) that runs the "
                         "reference; default: this one if it has torch, else the venv that "
                         "run_official.sh made ($VENV, default /tmp/dss-peer-venv)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every side this many times, alternating")
     p.add_argument("--json-out")
     # Internal: run one dss-keras variant in this process.
     p.add_argument("--side", choices=("driver", "keras"), default="driver",
@@ -241,8 +251,16 @@ def run_keras(args) -> dict:
     """One dss-keras variant: fit for warmup + timed steps, timing each batch."""
     os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = (
         "true" if VARIANTS[args.variant]["bfc_allocator"] else "false")
+    arenas = VARIANTS[args.variant]["malloc_arenas"]
+    if arenas:
+        m_arena_max = -8  # glibc's malloc.h
+        if not ctypes.CDLL("libc.so.6").mallopt(m_arena_max, arenas):
+            raise RuntimeError("glibc refused mallopt(M_ARENA_MAX)")
     if VARIANTS[args.variant]["onednn"] is not None:
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if VARIANTS[args.variant]["onednn"] else "0"
+    from dss_keras.quiet import quiet_tensorflow
+
+    quiet_tensorflow()  # no C++ log lines from TensorFlow's import in the report
     import keras
     import numpy as np
     import tensorflow as tf
@@ -314,6 +332,8 @@ def run_official(args, records: Path, spm: Path, workdir: Path) -> dict:
     if not script.exists():
         raise SystemExit(f"--official {args.official}: no run_official.sh there")
     out, counts = workdir / "official.json", workdir / "official_tokens.jsonl"
+    for stale in (out, counts):  # from an earlier round
+        stale.unlink(missing_ok=True)
     env = {
         **os.environ,
         "MODES": "task_prefix", "DATASET": "cqa", "DATA_DIR": str(Path(args.data_dir).resolve()),
@@ -394,23 +414,47 @@ def cpu_description() -> str:
             f"model {fields.get('model', '?')}; {' '.join(vectors) or 'no AVX2'})")
 
 
-def print_table(args, results: list[dict]) -> None:
-    base = results[0]
+def print_table(args, results: list[dict], load_before: float) -> None:
+    """One line per side and round; ratios against the first side of the same round."""
+    bases = {}
+    for r in results:
+        bases.setdefault(r.get("round", 1), r)
     print(f"\nbatch {args.batch_size}, {args.steps} timed steps after {args.warmup_steps} "
           f"warm-up steps, {args.threads} threads, {os.cpu_count()} CPU cores, "
-          f"load average before: {os.getloadavg()[0]:.2f}\n{cpu_description()}\n")
-    print(f"{'side':28s}{'ex/s':>7s}{'s/step':>8s}{'median':>8s}{'peak RSS MB':>12s}"
+          f"load average before: {load_before:.2f}\n{cpu_description()}\n")
+    print(f"{'side':28s}{'round':>6s}{'ex/s':>7s}{'s/step':>8s}{'median':>8s}{'peak RSS MB':>12s}"
           f"{'input real/padded':>19s}{'target real/padded':>20s}"
-          f"{'speed vs ' + base['side'][:9]:>20s}{'RSS vs':>8s}")
+          f"{'speed vs ' + results[0]['side'][:9]:>20s}{'RSS vs':>8s}")
     for r in results:
+        base = bases[r.get("round", 1)]
         median = r.get("median_seconds_per_step")
-        print(f"{r['side']:28s}{r['examples_per_second']:7.2f}{r['seconds_per_step']:8.3f}"
+        print(f"{r['side']:28s}{r.get('round', 1):6d}{r['examples_per_second']:7.2f}"
+              f"{r['seconds_per_step']:8.3f}"
               + (f"{median:8.3f}" if median else f"{'':8s}") + f"{r['peak_rss_mb']:12.0f}"
               f"{r['tokens_input_real']:10.0f}/{r['tokens_input_padded']:<8.0f}"
               f"{r['tokens_target_real']:11.0f}/{r['tokens_target_padded']:<8.0f}"
               f"{r['examples_per_second'] / base['examples_per_second']:19.2f}x"
               f"{r['peak_rss_mb'] / base['peak_rss_mb']:7.2f}x")
     print("\ntokens are per step, both tasks, from the timed batches")
+    if len(bases) > 1:
+        print_round_summary(results, bases)
+
+
+def print_round_summary(results: list[dict], bases: dict) -> None:
+    """Each side's speed and RSS ratios over the rounds: mean and range."""
+    ratios = {}
+    for r in results:
+        base = bases[r["round"]]
+        if r is not base:
+            ratios.setdefault(r["side"], []).append(
+                (r["examples_per_second"] / base["examples_per_second"],
+                 r["peak_rss_mb"] / base["peak_rss_mb"]))
+    print(f"\nover {len(bases)} rounds, against {results[0]['side']} of the same round:")
+    for side, pairs in ratios.items():
+        speed, rss = zip(*pairs)
+        print(f"  {side:28s} speed {sum(speed) / len(speed):.2f}x "
+              f"({min(speed):.2f}-{max(speed):.2f}), peak RSS {sum(rss) / len(rss):.2f}x "
+              f"({min(rss):.2f}-{max(rss):.2f}), {len(pairs)} runs")
 
 
 def main(argv=None) -> int:
@@ -424,25 +468,30 @@ def main(argv=None) -> int:
     for variant in variants:
         if variant not in VARIANTS:
             raise SystemExit(f"Unknown variant {variant!r}; choose from {list(VARIANTS)}")
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         records, spm = prepare_inputs(args, workdir)
         results = []
-        if args.official:
-            results.append(run_official(args, records, spm, workdir))
-        if not args.skip_reference:
-            results.append(run_reference(args, records, spm, workdir))
         common = ["--records", str(records), "--spm", str(spm),
                   "--batch-size", str(args.batch_size), "--steps", str(args.steps),
                   "--warmup-steps", str(args.warmup_steps), "--threads", str(args.threads)]
-        for variant in variants:
-            out = workdir / f"keras-{variant}.json"
-            results.append(_run_json(
-                [sys.executable, __file__, "--side", "keras", "--variant", variant, *common,
-                 "--json-out", str(out)], out))
-            print(f"{results[-1]['side']}: {results[-1]['seconds_per_step']:.3f} s/step",
-                  file=sys.stderr, flush=True)
-    print_table(args, results)
+        for round_number in range(1, args.rounds + 1):
+            sides = []
+            if args.official:
+                sides.append(functools.partial(run_official, args, records, spm, workdir))
+            if not args.skip_reference:
+                sides.append(functools.partial(run_reference, args, records, spm, workdir))
+            for variant in variants:
+                out = workdir / f"keras-{variant}.json"
+                sides.append(functools.partial(_run_json, [
+                    sys.executable, __file__, "--side", "keras", "--variant", variant, *common,
+                    "--json-out", str(out)], out))
+            for run_side in sides:
+                results.append({**run_side(), "round": round_number})
+                print(f"round {round_number}, {results[-1]['side']}: "
+                      f"{results[-1]['seconds_per_step']:.3f} s/step", file=sys.stderr, flush=True)
+    print_table(args, results, load_before)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))
     return 0

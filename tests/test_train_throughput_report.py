@@ -1,0 +1,47 @@
+"""The throughput benchmark's report: ratios against the first side of each round."""
+
+import argparse
+import importlib.util
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    spec = importlib.util.spec_from_file_location(
+        "train_throughput", os.path.join(REPO, "benchmarks", "train_throughput.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _side(side, examples_per_second, peak_rss_mb, round_number):
+    return dict(side=side, examples_per_second=examples_per_second,
+                seconds_per_step=8 / examples_per_second, peak_rss_mb=peak_rss_mb,
+                tokens_input_real=700, tokens_input_padded=800, tokens_target_real=250,
+                tokens_target_padded=300, round=round_number)
+
+
+def test_each_round_is_compared_with_its_own_official_side(benchmark, capsys):
+    results = [_side("official", 4.0, 2000, 1), _side("dss-keras (fast)", 6.0, 3000, 1),
+               _side("official", 3.0, 2500, 2), _side("dss-keras (fast)", 5.4, 2500, 2)]
+    args = argparse.Namespace(batch_size=8, steps=20, warmup_steps=5, threads=2)
+    benchmark.print_table(args, results, load_before=0.5)
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if line.startswith("dss-keras (fast)")]
+    assert rows[0].split()[-2:] == ["1.50x", "1.50x"]  # 6.0 / 4.0 and 3000 / 2000
+    assert rows[1].split()[-2:] == ["1.80x", "1.00x"]  # against round 2's official: 5.4 / 3.0
+    summary = next(line for line in lines if "speed" in line and "runs" in line)
+    assert "speed 1.65x (1.50-1.80)" in summary and "peak RSS 1.25x (1.00-1.50)" in summary
+    assert "2 runs" in summary
+
+
+def test_one_round_prints_no_summary(benchmark, capsys):
+    results = [_side("official", 4.0, 2000, 1), _side("dss-keras (fast)", 6.0, 3000, 1)]
+    args = argparse.Namespace(batch_size=8, steps=20, warmup_steps=5, threads=2)
+    benchmark.print_table(args, results, load_before=0.5)
+    out = capsys.readouterr().out
+    assert "1.50x" in out and "rounds" not in out
