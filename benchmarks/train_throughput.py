@@ -303,7 +303,8 @@ def run_keras(args) -> dict:
         "target_real": timed[:, 2::4].sum() / args.steps,
         "target_padded": timed[:, 3::4].sum() / args.steps,
     }
-    shapes = {tuple(row[1::2] // args.batch_size) for row in np.array(counts[:total])}
+    # Each side's padded size (batch x length, or packed rows x length): one per shape.
+    shapes = {tuple(row[1::2]) for row in np.array(counts[:total])}
     return {
         "side": f"dss-keras ({args.variant})",
         "examples_per_second": args.batch_size * args.steps / seconds,
@@ -449,12 +450,32 @@ def print_round_summary(results: list[dict], bases: dict) -> None:
             ratios.setdefault(r["side"], []).append(
                 (r["examples_per_second"] / base["examples_per_second"],
                  r["peak_rss_mb"] / base["peak_rss_mb"]))
+    if not ratios:
+        return
     print(f"\nover {len(bases)} rounds, against {results[0]['side']} of the same round:")
     for side, pairs in ratios.items():
         speed, rss = zip(*pairs)
         print(f"  {side:28s} speed {sum(speed) / len(speed):.2f}x "
               f"({min(speed):.2f}-{max(speed):.2f}), peak RSS {sum(rss) / len(rss):.2f}x "
               f"({min(rss):.2f}-{max(rss):.2f}), {len(pairs)} runs")
+
+
+def _sides(args, variants: list[str], records: Path, spm: Path, workdir: Path) -> list:
+    """One round: a function per side that runs it and returns its result."""
+    sides = []
+    if args.official:
+        sides.append(functools.partial(run_official, args, records, spm, workdir))
+    if not args.skip_reference:
+        sides.append(functools.partial(run_reference, args, records, spm, workdir))
+    common = ["--records", str(records), "--spm", str(spm),
+              "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+              "--warmup-steps", str(args.warmup_steps), "--threads", str(args.threads)]
+    for variant in variants:
+        out = workdir / f"keras-{variant}.json"
+        sides.append(functools.partial(_run_json, [
+            sys.executable, __file__, "--side", "keras", "--variant", variant, *common,
+            "--json-out", str(out)], out))
+    return sides
 
 
 def main(argv=None) -> int:
@@ -468,32 +489,30 @@ def main(argv=None) -> int:
     for variant in variants:
         if variant not in VARIANTS:
             raise SystemExit(f"Unknown variant {variant!r}; choose from {list(VARIANTS)}")
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds must be at least 1. Received: {args.rounds}")
+    if not (args.official or not args.skip_reference or variants):
+        raise SystemExit("No side to run: give --official, --variants, or drop --skip-reference")
     load_before = os.getloadavg()[0]
+    from dss_keras.quiet import quiet_tensorflow
+
+    quiet_tensorflow()  # preparing the records imports TensorFlow here too
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         records, spm = prepare_inputs(args, workdir)
         results = []
-        common = ["--records", str(records), "--spm", str(spm),
-                  "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-                  "--warmup-steps", str(args.warmup_steps), "--threads", str(args.threads)]
-        for round_number in range(1, args.rounds + 1):
-            sides = []
-            if args.official:
-                sides.append(functools.partial(run_official, args, records, spm, workdir))
-            if not args.skip_reference:
-                sides.append(functools.partial(run_reference, args, records, spm, workdir))
-            for variant in variants:
-                out = workdir / f"keras-{variant}.json"
-                sides.append(functools.partial(_run_json, [
-                    sys.executable, __file__, "--side", "keras", "--variant", variant, *common,
-                    "--json-out", str(out)], out))
-            for run_side in sides:
-                results.append({**run_side(), "round": round_number})
-                print(f"round {round_number}, {results[-1]['side']}: "
-                      f"{results[-1]['seconds_per_step']:.3f} s/step", file=sys.stderr, flush=True)
-    print_table(args, results, load_before)
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(results, indent=2))
+        try:
+            for round_number in range(1, args.rounds + 1):
+                for run_side in _sides(args, variants, records, spm, workdir):
+                    results.append({**run_side(), "round": round_number})
+                    print(f"round {round_number}, {results[-1]['side']}: "
+                          f"{results[-1]['seconds_per_step']:.3f} s/step", file=sys.stderr,
+                          flush=True)
+        finally:  # a side that fails keeps what the others measured
+            if results:
+                print_table(args, results, load_before)
+                if args.json_out:
+                    Path(args.json_out).write_text(json.dumps(results, indent=2))
     return 0
 
 

@@ -229,12 +229,12 @@ class DistillStepByStep(keras.Model):
                                   training=training, rematerialize=remat,
                                   attention_mask=packed.decoder_attention_mask,
                                   encoder_attention_mask=packed.cross_attention_mask)
-            for index, task in enumerate(group):
+            first = tf.constant(0, tf.int64)  # where the task's examples start in the group
+            for task in group:
                 weights = sample_weight[task]
                 positions = tf.where(weights > 0)
-                # The task's examples follow the group's earlier tasks' in the packed batch.
-                shift = tf.cast(index * tf.shape(weights)[0], positions.dtype)
-                states = packed.decoder_states_at(hidden, positions + [[shift, 0]])
+                states = packed.decoder_states_at(hidden, positions + [[first, 0]])
+                first += tf.shape(weights, out_type=tf.int64)[0]
                 outputs[task] = (parts.vocabulary_logits(states),
                                  tf.gather_nd(y[task], positions),
                                  tf.gather_nd(weights, positions))

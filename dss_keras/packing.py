@@ -40,6 +40,7 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Sequence
 
 import tensorflow as tf
@@ -96,7 +97,7 @@ def pack_task(inputs: dict, examples_per_row: int) -> PackedTask:
     Returns:
         A `PackedTask`.
     """
-    check_examples_per_row(examples_per_row)
+    examples_per_row = check_examples_per_row(examples_per_row)
     encoder_lengths = _lengths(inputs["encoder_padding_mask"])
     decoder_lengths = _lengths(inputs["decoder_padding_mask"])
     rows, before, num_rows = _assign_rows(encoder_lengths + decoder_lengths, examples_per_row)
@@ -116,12 +117,19 @@ def pack_task(inputs: dict, examples_per_row: int) -> PackedTask:
 
 
 def check_examples_per_row(examples_per_row) -> int:
-    """`examples_per_row` if it is a whole number, at least 1; else a `ValueError`."""
-    if (not isinstance(examples_per_row, int) or isinstance(examples_per_row, bool)
-            or examples_per_row < 1):
+    """`examples_per_row` as an `int` if it is a whole number, at least 1; else a `ValueError`.
+
+    Any integer type passes (a NumPy integer from a config or a tuner too);
+    floats, strings and booleans do not.
+    """
+    try:
+        value = None if isinstance(examples_per_row, bool) else operator.index(examples_per_row)
+    except TypeError:
+        value = None
+    if value is None or value < 1:
         raise ValueError("`examples_per_row` must be a whole number, at least 1. "
                          f"Received: examples_per_row={examples_per_row!r}")
-    return examples_per_row
+    return value
 
 
 def stack_examples(inputs: Sequence[dict]) -> dict:

@@ -8,7 +8,7 @@ import tensorflow as tf
 from dss_keras import testing
 from dss_keras.data import make_dataset
 from dss_keras.model import DistillStepByStep
-from dss_keras.packing import pack_task
+from dss_keras.packing import check_examples_per_row, pack_task
 from dss_keras.seq2seq_parts import Seq2SeqParts
 
 
@@ -109,6 +109,8 @@ def test_packing_is_only_for_t5_outside_xla_and_options_are_checked():
     for wrong in (0, 2.0, "2", True):
         with pytest.raises(ValueError, match="examples_per_row"):
             testing.tiny_model(examples_per_row=wrong)
+    assert check_examples_per_row(np.int64(3)) == 3  # e.g. from a tuner or a NumPy config
+    assert type(check_examples_per_row(np.int64(3))) is int
 
 
 @pytest.mark.parametrize("shared_encoder_pass, calls", [(True, 1), (False, 2)])

@@ -2,6 +2,7 @@
 
 import argparse
 import importlib.util
+import json
 import os
 
 import pytest
@@ -45,3 +46,26 @@ def test_one_round_prints_no_summary(benchmark, capsys):
     benchmark.print_table(args, results, load_before=0.5)
     out = capsys.readouterr().out
     assert "1.50x" in out and "rounds" not in out
+
+
+def test_a_failing_side_keeps_what_the_others_measured(benchmark, monkeypatch, tmp_path, capsys):
+    def fails():
+        raise RuntimeError("run_official.sh failed")
+
+    monkeypatch.setattr(benchmark, "prepare_inputs", lambda args, workdir: (None, None))
+    monkeypatch.setattr("dss_keras.quiet.quiet_tensorflow", lambda verbose=False: None)
+    sides = [lambda: _side("official", 4.0, 2000, None),
+             lambda: _side("dss-keras (fast)", 6.0, 3000, None), fails]
+    monkeypatch.setattr(benchmark, "_sides", lambda *args: sides)
+    out = tmp_path / "sides.json"
+    with pytest.raises(RuntimeError, match="run_official.sh failed"):
+        benchmark.main(["--official", "peer", "--skip-reference", "--variants", "fast",
+                        "--json-out", str(out)])
+    assert "1.50x" in capsys.readouterr().out
+    assert [r["side"] for r in json.loads(out.read_text())] == ["official", "dss-keras (fast)"]
+
+
+def test_rounds_below_one_are_refused_before_any_work(benchmark, monkeypatch):
+    monkeypatch.setattr(benchmark, "prepare_inputs", lambda *args: pytest.fail("prepared"))
+    with pytest.raises(SystemExit, match="--rounds must be at least 1"):
+        benchmark.main(["--rounds", "0", "--skip-reference", "--variants", "fast"])
