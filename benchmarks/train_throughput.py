@@ -249,15 +249,14 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
 
 def run_keras(args) -> dict:
     """One dss-keras variant: fit for warmup + timed steps, timing each batch."""
-    os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = (
-        "true" if VARIANTS[args.variant]["bfc_allocator"] else "false")
-    arenas = VARIANTS[args.variant]["malloc_arenas"]
-    if arenas:
+    options = VARIANTS[args.variant]
+    os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true" if options["bfc_allocator"] else "false"
+    if options["malloc_arenas"]:
         m_arena_max = -8  # glibc's malloc.h
-        if not ctypes.CDLL("libc.so.6").mallopt(m_arena_max, arenas):
+        if not ctypes.CDLL("libc.so.6").mallopt(m_arena_max, options["malloc_arenas"]):
             raise RuntimeError("glibc refused mallopt(M_ARENA_MAX)")
-    if VARIANTS[args.variant]["onednn"] is not None:
-        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if VARIANTS[args.variant]["onednn"] else "0"
+    if options["onednn"] is not None:
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if options["onednn"] else "0"
     from dss_keras.quiet import quiet_tensorflow
 
     quiet_tensorflow()  # no C++ log lines from TensorFlow's import in the report
@@ -268,7 +267,6 @@ def run_keras(args) -> dict:
     from dss_keras.cpu_runtime import onednn_in_effect
     from dss_keras.data.records import read_jsonl
 
-    options = VARIANTS[args.variant]
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(
         options["inter_op_threads"] or args.threads)
@@ -419,7 +417,7 @@ def print_table(args, results: list[dict], load_before: float) -> None:
     """One line per side and round; ratios against the first side of the same round."""
     bases = {}
     for r in results:
-        bases.setdefault(r.get("round", 1), r)
+        bases.setdefault(r["round"], r)
     print(f"\nbatch {args.batch_size}, {args.steps} timed steps after {args.warmup_steps} "
           f"warm-up steps, {args.threads} threads, {os.cpu_count()} CPU cores, "
           f"load average before: {load_before:.2f}\n{cpu_description()}\n")
@@ -427,9 +425,9 @@ def print_table(args, results: list[dict], load_before: float) -> None:
           f"{'input real/padded':>19s}{'target real/padded':>20s}"
           f"{'speed vs ' + results[0]['side'][:9]:>20s}{'RSS vs':>8s}")
     for r in results:
-        base = bases[r.get("round", 1)]
+        base = bases[r["round"]]
         median = r.get("median_seconds_per_step")
-        print(f"{r['side']:28s}{r.get('round', 1):6d}{r['examples_per_second']:7.2f}"
+        print(f"{r['side']:28s}{r['round']:6d}{r['examples_per_second']:7.2f}"
               f"{r['seconds_per_step']:8.3f}"
               + (f"{median:8.3f}" if median else f"{'':8s}") + f"{r['peak_rss_mb']:12.0f}"
               f"{r['tokens_input_real']:10.0f}/{r['tokens_input_padded']:<8.0f}"
@@ -461,7 +459,7 @@ def print_round_summary(results: list[dict], bases: dict) -> None:
 
 
 def _sides(args, variants: list[str], records: Path, spm: Path, workdir: Path) -> list:
-    """One round: a function per side that runs it and returns its result."""
+    """A function per side (in a round's order) that runs it and returns its result."""
     sides = []
     if args.official:
         sides.append(functools.partial(run_official, args, records, spm, workdir))
@@ -501,9 +499,10 @@ def main(argv=None) -> int:
         workdir = Path(tmp)
         records, spm = prepare_inputs(args, workdir)
         results = []
+        sides = _sides(args, variants, records, spm, workdir)
         try:
             for round_number in range(1, args.rounds + 1):
-                for run_side in _sides(args, variants, records, spm, workdir):
+                for run_side in sides:
                     results.append({**run_side(), "round": round_number})
                     print(f"round {round_number}, {results[-1]['side']}: "
                           f"{results[-1]['seconds_per_step']:.3f} s/step", file=sys.stderr,
