@@ -61,9 +61,11 @@ PLAIN = dict(logits_at_targets_only=False, shared_encoder_pass=False, cache_toke
 # What `dss-keras train` and the recipes run (`dss_keras.cpu_runtime` included: oneDNN
 # kernels, TF_ENABLE_ONEDNN_OPTS=1, which pool CPU memory themselves; else the BFC allocator):
 # both tasks' examples packed four to a row, one encoder and one decoder call per step.
+# After the first step glibc's free heap goes back to the system, as the tensors are
+# pooled (`release_memory=None`: `flat_train_function`'s default).
 FAST = dict(PLAIN, logits_at_targets_only=True, fused_adam=True, flat_train_function=True,
-            bfc_allocator=True, onednn=True, examples_per_row=4, shared_encoder_pass=True,
-            one_pass_clip=True)
+            release_memory=None, bfc_allocator=True, onednn=True, examples_per_row=4,
+            shared_encoder_pass=True, one_pass_clip=True)
 VARIANTS = {
     "fast": FAST,
     "plain": PLAIN,
@@ -80,8 +82,10 @@ VARIANTS = {
     # Each T5 layer recomputed in the backward pass (memory for compute; opt-in).
     "fast-remat": dict(FAST, rematerialize=True),
     # Keras' two nested tf.functions (the `fast` of earlier runs); glibc's free heap
-    # handed back after the first step (opt-in: `flat_train_function(release_memory=True)`).
+    # kept (`flat_train_function(release_memory=False)`, `fast` before it was handed back)
+    # or always handed back after the first step (also with malloc'd tensors).
     "fast-keras-function": dict(FAST, flat_train_function=False),
+    "fast-keep-heap": dict(FAST, release_memory=False),
     "fast-release-memory": dict(FAST, release_memory=True),
     # Without oneDNN's graph rewrites (TF_ENABLE_ONEDNN_OPTS=0; TensorFlow turns them on by
     # itself only on CPUs with AVX-512 VNNI, BF16 or AMX): MatMul runs in Eigen. Still
@@ -236,8 +240,9 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
     model.compile(optimizer=optimizer, jit_compile=options["jit_compile"])
     if not options["flat_train_function"]:  # Keras' two nested tf.functions
         model.make_train_function = functools.partial(keras.Model.make_train_function, model)
-    if options["release_memory"]:
-        model.train_function = train_function.flat_train_function(model, release_memory=True)
+    if options["flat_train_function"] and options["release_memory"] is not None:
+        model.train_function = train_function.flat_train_function(
+            model, release_memory=options["release_memory"])
     dataset, _ = make_dataset(
         records, model.preprocessor, batch_size=batch_size,
         seed=0, repeat=True, drop_remainder=True,
@@ -421,13 +426,15 @@ def print_table(args, results: list[dict], load_before: float) -> None:
     print(f"\nbatch {args.batch_size}, {args.steps} timed steps after {args.warmup_steps} "
           f"warm-up steps, {args.threads} threads, {os.cpu_count()} CPU cores, "
           f"load average before: {load_before:.2f}\n{cpu_description()}\n")
-    print(f"{'side':28s}{'round':>6s}{'ex/s':>7s}{'s/step':>8s}{'median':>8s}{'peak RSS MB':>12s}"
+    width = max(28, *(len(r["side"]) + 2 for r in results))
+    print(f"{'side':{width}s}{'round':>6s}{'ex/s':>7s}{'s/step':>8s}{'median':>8s}"
+          f"{'peak RSS MB':>12s}"
           f"{'input real/padded':>19s}{'target real/padded':>20s}"
           f"{'speed vs ' + results[0]['side'][:9]:>20s}{'RSS vs':>8s}")
     for r in results:
         base = bases[r["round"]]
         median = r.get("median_seconds_per_step")
-        print(f"{r['side']:28s}{r['round']:6d}{r['examples_per_second']:7.2f}"
+        print(f"{r['side']:{width}s}{r['round']:6d}{r['examples_per_second']:7.2f}"
               f"{r['seconds_per_step']:8.3f}"
               + (f"{median:8.3f}" if median else f"{'':8s}") + f"{r['peak_rss_mb']:12.0f}"
               f"{r['tokens_input_real']:10.0f}/{r['tokens_input_padded']:<8.0f}"
@@ -451,9 +458,10 @@ def print_round_summary(results: list[dict], bases: dict) -> None:
     if not ratios:
         return
     print(f"\nover {len(bases)} rounds, against {results[0]['side']} of the same round:")
+    width = max(28, *(len(side) + 1 for side in ratios))
     for side, pairs in ratios.items():
         speed, rss = zip(*pairs)
-        print(f"  {side:28s} speed {sum(speed) / len(speed):.2f}x "
+        print(f"  {side:{width}s}speed {sum(speed) / len(speed):.2f}x "
               f"({min(speed):.2f}-{max(speed):.2f}), peak RSS {sum(rss) / len(rss):.2f}x "
               f"({min(rss):.2f}-{max(rss):.2f}), {len(pairs)} runs")
 

@@ -1,4 +1,4 @@
-"""One flat `tf.function` per training step; optionally, the heap handed back after the first.
+"""One flat `tf.function` per training step; the heap handed back after the first.
 
 Keras' TensorFlow trainer wraps the step in two nested `tf.function`s (one per
 batch inside one per iterator call). TensorFlow then keeps the traced step
@@ -7,12 +7,14 @@ the t5-v1_1-small shape. `flat_train_function` traces the step once, inside a
 single function that reads the batch from the iterator itself.
 
 The first call also traces the step and lets TensorFlow optimise the graph;
-glibc keeps the memory those temporaries free in its heap: at the t5-v1_1-small
-shape 1.2 GB was resident and free after the first step.
-`release_memory=True` hands it back once, after the first step, with glibc's
-`malloc_trim` (`release_free_memory()`): peak RSS fell by 9-12%, but in
-alternating runs the steps were 8-12% slower (presumably faulting the heap's
-pages in again), so it is off by default. BENCHMARKS.md has the figures.
+glibc keeps the memory those temporaries free in its heap. After the first
+step, `release_memory` hands it back with glibc's `malloc_trim`
+(`release_free_memory()`). By default this happens when TensorFlow's CPU
+tensors come from a pooled allocator (BFC or oneDNN's, as `dss-keras` sets
+up): at the t5-v1_1-small shape peak RSS fell by 24-277 MB (159 on the mean)
+at the same speed. With glibc's `malloc` for tensors the steps were 8-12% slower after the
+trim (each step faulted the heap's pages in again), so it stays off there.
+BENCHMARKS.md has the figures.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import Callable
 
 import tensorflow as tf
 from keras.src.backend.tensorflow.trainer import reduce_per_replica
+
+from dss_keras.cpu_runtime import pooled_allocator_in_effect
 
 
 @functools.cache
@@ -48,14 +52,20 @@ def release_free_memory() -> bool:
     return True
 
 
-def flat_train_function(model, release_memory: bool = False) -> Callable:
+def flat_train_function(model, release_memory: bool | None = None) -> Callable:
     """A Keras `train_function` for `model`: one step per call, one `tf.function`.
 
     Takes what Keras' fit loop passes (a `tf.data` or distributed iterator, or
     an iterable of batches from `train_on_batch`) and returns the step's logs;
     an exhausted iterator raises TensorFlow's `OutOfRangeError`, which Keras'
-    epoch iterator ends the epoch on. With `release_memory`, the C heap's
-    free pages go back to the system once, after the first step.
+    epoch iterator ends the epoch on.
+
+    Args:
+        model: A compiled Keras model.
+        release_memory: Hand the C heap's free pages back to the system once,
+            after the first step. `None` (the default): when TensorFlow's CPU
+            tensors come from a pooled allocator, so that the steps after it
+            do not fault those pages in again.
 
     Examples:
 
@@ -80,7 +90,7 @@ def flat_train_function(model, release_memory: bool = False) -> Callable:
     step_on_iterator = tf.function(lambda iterator: step(iterator.get_next()), autograph=False)
     step_on_batch = tf.function(step, autograph=False, reduce_retracing=True)
 
-    released = not release_memory
+    released = False
 
     def train_function(iterator):
         nonlocal released
@@ -89,7 +99,9 @@ def flat_train_function(model, release_memory: bool = False) -> Callable:
         else:
             logs = step_on_batch(next(iter(iterator)))
         if not released:  # once: what the first step's tracing freed
-            release_free_memory()
+            release = pooled_allocator_in_effect() if release_memory is None else release_memory
+            if release:
+                release_free_memory()
             released = True
         return logs
 

@@ -70,16 +70,23 @@ def test_train_on_batch_and_several_steps_per_execution():
 
 
 @pytest.mark.slow
-def test_the_heap_is_handed_back_once_after_the_first_step_when_asked(monkeypatch):
+@pytest.mark.parametrize("pooled, release_memory, trims", [
+    (True, None, 1),  # the default with pooled tensors: once, after the first step
+    (False, None, 0),  # the default with malloc'd tensors: never
+    (False, True, 1),
+    (True, False, 0),
+])
+def test_the_heap_is_handed_back_once_after_the_first_step(monkeypatch, pooled,
+                                                           release_memory, trims):
     calls = []
     monkeypatch.setattr(train_function, "release_free_memory", lambda: calls.append(1))
+    monkeypatch.setattr(train_function, "pooled_allocator_in_effect", lambda: pooled)
     model = testing.tiny_model()
     model.compile(optimizer=keras.optimizers.AdamW(1e-3))
-    model.fit(_dataset(model), epochs=1, verbose=0)  # the default: never
-    assert calls == []
-    model.train_function = train_function.flat_train_function(model, release_memory=True)
+    if release_memory is not None:
+        model.train_function = train_function.flat_train_function(model, release_memory)
     model.fit(_dataset(model), epochs=2, verbose=0)
-    assert int(model.optimizer.iterations) > 2 and calls == [1]
+    assert int(model.optimizer.iterations) > 2 and len(calls) == trims
 
 
 # Run in a fresh Python: in a long-lived one, malloc may hand out pages that are

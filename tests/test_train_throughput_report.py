@@ -69,3 +69,20 @@ def test_rounds_below_one_are_refused_before_any_work(benchmark, monkeypatch):
     monkeypatch.setattr(benchmark, "prepare_inputs", lambda *args: pytest.fail("prepared"))
     with pytest.raises(SystemExit, match="--rounds must be at least 1"):
         benchmark.main(["--rounds", "0", "--skip-reference", "--variants", "fast"])
+
+
+def test_long_side_names_keep_the_columns_aligned(benchmark, capsys):
+    results = [_side("official", 4.0, 2000, round_number) for round_number in (1, 2)]
+    results[1:1] = [_side("dss-keras (fast)", 5.0, 3000, 1),
+                    _side("dss-keras (fast-release-memory)", 6.0, 3000, 1)]
+    results += [_side("dss-keras (fast)", 5.0, 3000, 2),
+                _side("dss-keras (fast-release-memory)", 6.0, 3000, 2)]
+    args = argparse.Namespace(batch_size=8, steps=20, warmup_steps=5, threads=2)
+    benchmark.print_table(args, results, load_before=0.5)
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("side"))
+    rows = [line for line in lines if line.startswith(("official", "dss-keras"))]
+    assert {len(row) for row in rows} == {len(header)}
+    assert {row.index(" 1 ") for row in rows[:3]} == {header.index("round") + 3}
+    summary = [line for line in lines if "speed" in line and "runs" in line]
+    assert len(summary) == 2 and len({line.index("speed") for line in summary}) == 1
