@@ -90,19 +90,20 @@ def flat_train_function(model, release_memory: bool | None = None) -> Callable:
     step_on_iterator = tf.function(lambda iterator: step(iterator.get_next()), autograph=False)
     step_on_batch = tf.function(step, autograph=False, reduce_retracing=True)
 
-    released = False
+    first_step_done = False
 
     def train_function(iterator):
-        nonlocal released
+        nonlocal first_step_done, release_memory
         if isinstance(iterator, (tf.data.Iterator, tf.distribute.DistributedIterator)):
             logs = step_on_iterator(iterator)
         else:
             logs = step_on_batch(next(iter(iterator)))
-        if not released:  # once: what the first step's tracing freed
-            release = pooled_allocator_in_effect() if release_memory is None else release_memory
-            if release:
+        if not first_step_done:  # what the first step's tracing freed, once
+            first_step_done = True
+            if release_memory is None:
+                release_memory = pooled_allocator_in_effect()
+            if release_memory:
                 release_free_memory()
-            released = True
         return logs
 
     return train_function
