@@ -57,7 +57,7 @@ PLAIN = dict(logits_at_targets_only=False, shared_encoder_pass=False, cache_toke
              fused_adam=False, bucketing=True, jit_compile=False, lm_head_std=None,
              rematerialize=False, flat_train_function=False, release_memory=False,
              bfc_allocator=False, onednn=None, examples_per_row=1, inter_op_threads=None,
-             one_pass_clip=False, malloc_arenas=None)
+             one_pass_clip=False, malloc_arenas=None, autodiff_gelu=False)
 # What `dss-keras train` and the recipes run (`dss_keras.cpu_runtime` included: oneDNN
 # kernels, TF_ENABLE_ONEDNN_OPTS=1, which pool CPU memory themselves; else the BFC allocator):
 # both tasks' examples packed four to a row, one encoder and one decoder call per step.
@@ -110,6 +110,9 @@ VARIANTS = {
     # glibc's malloc with at most two arenas (its default is 8 per core), set before
     # TensorFlow starts its threads: less heap kept per thread, maybe more lock waits.
     "fast-arenas2": dict(FAST, malloc_arenas=2),
+    # T5's tanh-GELU differentiated op by op (its intermediates kept for the gradient), not
+    # `dss_keras.activations.gelu_tanh`, which keeps only its input.
+    "fast-autodiff-gelu": dict(FAST, autodiff_gelu=True),
     # The official stand-in's LM head init (Hugging Face's std 1.0, logits of std ~20).
     "fast-hf-init": dict(FAST, lm_head_std=1.0),
 }
@@ -229,6 +232,11 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
         logits_at_targets_only=options["logits_at_targets_only"],
         shared_encoder_pass=options["shared_encoder_pass"],
         rematerialize=options["rematerialize"], examples_per_row=options["examples_per_row"])
+    if options["autodiff_gelu"]:
+        autodiff_gelu = keras.saving.get_registered_object("keras_hub>gelu_approximate")
+        backbone = lm.backbone
+        for layer in [*backbone.encoder_transformer_layers, *backbone.decoder_transformer_layers]:
+            layer.input_projector.activation = autodiff_gelu
     config = TrainConfig(learning_rate=5e-5, lr_schedule="linear", steps=steps,
                          adam_epsilon=1e-8, clip_global_norm=1.0, batch_size=batch_size)
     optimizer = make_optimizer(config)

@@ -25,15 +25,11 @@ from keras.src.random import seed_generator
 from keras.src.utils import rng_utils
 from tensorflow.python.eager import context as tf_context
 
+from dss_keras.activations import gelu_tanh
+
 # The student sizes of the paper (T5 v1.1), as KerasHub preset names.
 PAPER_PRESETS = ("t5_1.1_small", "t5_1.1_base", "t5_1.1_large", "t5_1.1_xxl")
 
-
-
-@keras.saving.register_keras_serializable(package="dss_keras")
-def gelu_tanh(x):
-    """GELU's tanh approximation: t5-v1_1's "gated-gelu" activation."""
-    return keras.activations.gelu(x, approximate=True)
 
 
 def train_sentencepiece(

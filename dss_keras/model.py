@@ -8,6 +8,7 @@ import keras
 import tensorflow as tf
 
 from dss_keras import optimizers as _optimizers  # noqa: F401  (registers them for loading)
+from dss_keras.activations import use_gelu_tanh
 from dss_keras.config import MODES
 from dss_keras.decoding import decoder_for
 from dss_keras.metrics.token_mean import TokenMean
@@ -85,6 +86,10 @@ class DistillStepByStep(keras.Model):
     (`dss_keras.seq2seq_parts`); other models always run whole. The loss and
     its gradients are the same either way.
 
+    A T5 whose feed-forward layers use KerasHub's tanh-GELU (the v1.1
+    presets) gets `dss_keras.activations.gelu_tanh` instead: the same
+    outputs, with fewer activations kept for the gradient.
+
     Examples:
 
     >>> from dss_keras import testing
@@ -131,6 +136,8 @@ class DistillStepByStep(keras.Model):
         self._shared_encoder_pass = (None if shared_encoder_pass is None
                                      else bool(shared_encoder_pass))
         self._parts = Seq2SeqParts.of(seq2seq_lm)
+        if self._parts and self._parts.can_split_encoder:  # same outputs, less kept for gradients
+            use_gelu_tanh(self._parts.backbone)
         self.rematerialize = bool(rematerialize)
         if self.rematerialize and not (self._parts and self._parts.can_split_encoder):
             raise ValueError("`rematerialize=True` needs a T5 model (keras_hub.models."

@@ -1,0 +1,98 @@
+"""T5 v1.1's feed-forward activation, with a gradient that keeps only its input.
+
+T5 v1.1 gates its feed-forward block with GELU's tanh approximation
+(`0.5 x (1 + tanh(c (x + 0.044715 x^3)))`, c = sqrt(2 / pi)). Written as
+TensorFlow ops and differentiated op by op, it keeps three intermediates the
+size of its `[tokens, intermediate_dim]` input for the backward pass (the
+tanh, `1 + tanh` and `0.5 x`), in each of the model's layers. `gelu_tanh`
+computes the same values but keeps only `x`, and its gradient computes the
+tanh again: at the t5-v1_1-small shape of `benchmarks/train_throughput.py`
+about 100 MB less kept for the backward pass and 180-210 MB less peak RSS, at
+the same speed (BENCHMARKS.md).
+
+`use_gelu_tanh(backbone)` swaps it into the feed-forward layers of a T5
+backbone built with another tanh-GELU (KerasHub's presets use
+`keras_hub>gelu_approximate`); `DistillStepByStep` does so when it wraps a T5.
+The backbone's own config is untouched, so saving it saves what it was built
+with.
+
+Examples:
+
+>>> import numpy as np, tensorflow as tf
+>>> x = tf.constant(np.linspace(-4.0, 4.0, 9), "float32")
+>>> bool(np.allclose(gelu_tanh(x), keras.activations.gelu(x, approximate=True), atol=1e-6))
+True
+>>> from dss_keras import testing
+>>> lm = testing.tiny_seq2seq_lm()
+>>> use_gelu_tanh(lm.backbone) >= 0
+True
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import keras_hub
+import tensorflow as tf
+
+_C = math.sqrt(2.0 / math.pi)
+_A = 0.044715
+
+
+@tf.custom_gradient
+def _gelu_tanh_keeping_input(x):
+    tanh = tf.tanh(_C * x * (1.0 + _A * tf.square(x)))
+
+    def gradient(upstream):
+        square = tf.square(x)
+        tanh = tf.tanh(_C * x * (1.0 + _A * square))
+        inner_slope = _C * (1.0 + 3.0 * _A * square)
+        return upstream * (0.5 * (1.0 + tanh) + 0.5 * x * (1.0 - tf.square(tanh)) * inner_slope)
+
+    return 0.5 * x * (1.0 + tanh), gradient
+
+
+@keras.saving.register_keras_serializable(package="dss_keras")
+def gelu_tanh(x):
+    """GELU's tanh approximation (t5-v1_1's "gated-gelu"), keeping only `x` for its gradient.
+
+    Equal to `keras.activations.gelu(x, approximate=True)` in value and
+    gradient; on backends other than TensorFlow it is that function.
+
+    Args:
+        x: A float tensor.
+
+    Returns:
+        `0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))`, shaped like `x`.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return keras.activations.gelu(x, approximate=True)
+    return _gelu_tanh_keeping_input(x)
+
+
+def _is_keras_hub_tanh_gelu(activation) -> bool:
+    return activation is keras.saving.get_registered_object("keras_hub>gelu_approximate")
+
+
+def use_gelu_tanh(backbone: keras.Model) -> int:
+    """Makes a T5 backbone's feed-forward layers use `gelu_tanh`; returns how many changed.
+
+    Only layers whose activation is KerasHub's tanh-GELU change (their output
+    is the same); other backbones and activations are left alone.
+
+    Args:
+        backbone: Any KerasHub backbone.
+
+    Returns:
+        The number of feed-forward projections whose activation was swapped.
+    """
+    if not isinstance(backbone, keras_hub.models.T5Backbone):
+        return 0
+    swapped = 0
+    for layer in [*backbone.encoder_transformer_layers, *backbone.decoder_transformer_layers]:
+        projector = layer.input_projector
+        if _is_keras_hub_tanh_gelu(projector.activation):
+            projector.activation = gelu_tanh
+            swapped += 1
+    return swapped
