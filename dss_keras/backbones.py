@@ -31,7 +31,6 @@ from dss_keras.activations import gelu_tanh
 PAPER_PRESETS = ("t5_1.1_small", "t5_1.1_base", "t5_1.1_large", "t5_1.1_xxl")
 
 
-
 def train_sentencepiece(
     texts: Iterable[str],
     vocabulary_size: int = 1000,
