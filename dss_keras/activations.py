@@ -22,9 +22,13 @@ Examples:
 >>> x = tf.constant(np.linspace(-4.0, 4.0, 9), "float32")
 >>> bool(np.allclose(gelu_tanh(x), keras.activations.gelu(x, approximate=True), atol=1e-6))
 True
->>> from dss_keras import testing
->>> lm = testing.tiny_seq2seq_lm()
->>> use_gelu_tanh(lm.backbone) >= 0
+>>> keras_hub_gelu = keras.saving.get_registered_object("keras_hub>gelu_approximate")
+>>> backbone = keras_hub.models.T5Backbone(
+...     vocabulary_size=40, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32,
+...     key_value_dim=8, activation=keras_hub_gelu)
+>>> use_gelu_tanh(backbone)  # the encoder's and the decoder's feed-forward layer
+2
+>>> backbone.encoder_transformer_layers[0].input_projector.activation is gelu_tanh
 True
 """
 
