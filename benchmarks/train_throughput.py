@@ -214,6 +214,7 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
     import numpy as np
 
     from dss_keras import train_function
+    from dss_keras.activations import gelu_tanh, swap_feedforward_activation
     from dss_keras.backbones import tiny_t5
     from dss_keras.config import TrainConfig
     from dss_keras.data import make_dataset
@@ -234,9 +235,7 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
         rematerialize=options["rematerialize"], examples_per_row=options["examples_per_row"])
     if options["autodiff_gelu"]:
         autodiff_gelu = keras.saving.get_registered_object("keras_hub>gelu_approximate")
-        backbone = lm.backbone
-        for layer in [*backbone.encoder_transformer_layers, *backbone.decoder_transformer_layers]:
-            layer.input_projector.activation = autodiff_gelu
+        swap_feedforward_activation(lm.backbone, gelu_tanh, autodiff_gelu)
     config = TrainConfig(learning_rate=5e-5, lr_schedule="linear", steps=steps,
                          adam_epsilon=1e-8, clip_global_norm=1.0, batch_size=batch_size)
     optimizer = make_optimizer(config)

@@ -75,18 +75,13 @@ def gelu_tanh(x):
     return _gelu_tanh_keeping_input(x)
 
 
-def _is_keras_hub_tanh_gelu(activation) -> bool:
-    return activation is keras.saving.get_registered_object("keras_hub>gelu_approximate")
-
-
-def use_gelu_tanh(backbone: keras.Model) -> int:
-    """Makes a T5 backbone's feed-forward layers use `gelu_tanh`; returns how many changed.
-
-    Only layers whose activation is KerasHub's tanh-GELU change (their output
-    is the same); other backbones and activations are left alone.
+def swap_feedforward_activation(backbone: keras.Model, old, new) -> int:
+    """Makes the T5 feed-forward layers whose activation is `old` use `new`.
 
     Args:
-        backbone: Any KerasHub backbone.
+        backbone: Any KerasHub backbone; only a `T5Backbone` has layers to swap.
+        old: The activation function to replace (compared by identity).
+        new: The activation function to put in its place.
 
     Returns:
         The number of feed-forward projections whose activation was swapped.
@@ -95,8 +90,24 @@ def use_gelu_tanh(backbone: keras.Model) -> int:
         return 0
     swapped = 0
     for layer in [*backbone.encoder_transformer_layers, *backbone.decoder_transformer_layers]:
-        projector = layer.input_projector
-        if _is_keras_hub_tanh_gelu(projector.activation):
-            projector.activation = gelu_tanh
+        if layer.input_projector.activation is old:
+            layer.input_projector.activation = new
             swapped += 1
     return swapped
+
+
+def use_gelu_tanh(backbone: keras.Model) -> int:
+    """Makes a T5 backbone's feed-forward layers use `gelu_tanh`; returns how many changed.
+
+    Only layers whose activation is KerasHub's tanh-GELU
+    (`keras_hub>gelu_approximate`) change (their output is the same); other
+    backbones and activations are left alone.
+
+    Args:
+        backbone: Any KerasHub backbone.
+
+    Returns:
+        The number of feed-forward projections whose activation was swapped.
+    """
+    keras_hub_gelu = keras.saving.get_registered_object("keras_hub>gelu_approximate")
+    return swap_feedforward_activation(backbone, keras_hub_gelu, gelu_tanh)
