@@ -9,6 +9,7 @@ the forward pass to the backward pass. Sizes are those of the batch given
 
     python benchmarks/kept_activations.py
     python benchmarks/kept_activations.py --variant fast-autodiff-gelu --batch 3
+    python benchmarks/kept_activations.py --bf16
 
 Prints the total, then the bytes by the producing op and the op that reads
 them in the backward pass (`Reshape <- MatMul`: a Dense layer's input, kept for
@@ -24,8 +25,10 @@ import tempfile
 from pathlib import Path
 
 from dss_keras.cpu_runtime import use_fast_cpu_runtime  # light: imports no TensorFlow
+from dss_keras.quiet import quiet_tensorflow
 
 use_fast_cpu_runtime()
+quiet_tensorflow()  # no C++ log lines from TensorFlow's import in the report
 HERE = Path(__file__).resolve().parent
 SHAPE_ONLY_READERS = {"Shape", "ShapeN", "Size", "Rank", "ZerosLike", "OnesLike"}  # not values
 NOT_ACTIVATIONS = {"ReadVariableOp", "Const", "VarHandleOp"}
@@ -75,6 +78,7 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None, help="as in train_throughput.py")
     p.add_argument("--variant", default="fast", help="a variant of train_throughput.py")
     p.add_argument("--batch", type=int, default=0, help="which batch of the dataset")
+    p.add_argument("--bf16", action="store_true", help="Keras' mixed_bfloat16 policy")
     args = p.parse_args(argv)
     import keras
 
@@ -89,7 +93,8 @@ def main(argv=None) -> int:
         records_path, spm = bench.prepare_inputs(bench_args, Path(tmp))
         records, proto = read_jsonl(records_path), spm.read_bytes()
     model, dataset = bench.build_variant(proto, records, bench.VARIANTS[args.variant],
-                                         steps=args.batch + 1, batch_size=8)
+                                         steps=args.batch + 1, batch_size=8,
+                                         dtype="mixed_bfloat16" if args.bf16 else None)
     batch = next(iter(dataset.skip(args.batch)))
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
     kept = kept_tensors(model, x, y, sample_weight)
@@ -103,7 +108,7 @@ def main(argv=None) -> int:
         pair_count[pair] += 1
         by_part[part] += size
         part_count[part] += 1
-    print(f"variant {args.variant}, batch {args.batch}: "
+    print(f"variant {args.variant}{' (bf16)' if args.bf16 else ''}, batch {args.batch}: "
           f"{sum(size for *_, size in kept) / 2**20:.1f} MB kept for the backward pass "
           f"in {len(kept)} tensors")
     _print_totals("kept tensor <- what reads it", by_pair, pair_count)

@@ -25,6 +25,12 @@ Sides:
     python benchmarks/train_throughput.py --steps 10 --variants fast --skip-reference
     python benchmarks/train_throughput.py --official ../shared/peers/distilling-step-by-step \
         --rounds 3 --skip-reference --variants fast
+    python benchmarks/train_throughput.py --official ../shared/peers/distilling-step-by-step \
+        --bf16 --skip-reference --variants fast
+
+With `--bf16` both sides train in bfloat16 mixed precision (the authors' own
+`--bf16`: torch autocast; Keras' `mixed_bfloat16` policy), which pays on CPUs
+with AVX-512 BF16 or AMX and on GPUs; the reference has no bf16 mode.
 
 Prints examples/s, seconds/step, peak RSS and the tokens (real and padded, per
 step, from the timed batches) of each side, with ratios against `official`
@@ -79,6 +85,9 @@ VARIANTS = {
     "fast-narrow-buckets": dict(FAST, bucketing="narrow"),
     "all-four": dict(FAST, shared_encoder_pass=True, cache_tokens=True),
     "xla": dict(PLAIN, jit_compile=True),
+    # `fast` under XLA (what a GPU or TPU runs: Keras' jit_compile="auto"): batches padded to
+    # their length bucket's boundary, so one compilation per bucket; no packing under XLA.
+    "fast-xla": dict(FAST, jit_compile=True),
     # Each T5 layer recomputed in the backward pass (memory for compute; opt-in).
     "fast-remat": dict(FAST, rematerialize=True),
     # Keras' two nested tf.functions (the `fast` of earlier runs); glibc's free heap
@@ -140,6 +149,9 @@ def parse_args(argv=None):
                    help="the Python (with torch, transformers, sentencepiece) that runs the "
                         "reference; default: this one if it has torch, else the venv that "
                         "run_official.sh made ($VENV, default /tmp/dss-peer-venv)")
+    p.add_argument("--bf16", action="store_true",
+                   help="bfloat16 mixed precision on every side: the authors' own --bf16 "
+                        "(torch autocast), Keras' mixed_bfloat16 policy for dss-keras")
     p.add_argument("--rounds", type=int, default=1,
                    help="run every side this many times, alternating")
     p.add_argument("--json-out")
@@ -208,8 +220,12 @@ def _counting(dataset, counts: list, examples_per_row: int = 1, joint: bool = Fa
     return dataset.map(count)
 
 
-def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: int):
-    """The benchmark's model (compiled) and training dataset for one variant's options."""
+def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: int,
+                  dtype: str | None = None):
+    """The benchmark's model (compiled) and training dataset for one variant's options.
+
+    `dtype` is the backbone's Keras dtype policy (`"mixed_bfloat16"` with `--bf16`).
+    """
     import keras
     import numpy as np
 
@@ -221,7 +237,7 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
     from dss_keras.model import DistillStepByStep
     from dss_keras.training import make_optimizer
 
-    lm = tiny_t5(proto=proto, embedding_size=SHAPE["vocabulary_size"],
+    lm = tiny_t5(proto=proto, embedding_size=SHAPE["vocabulary_size"], dtype=dtype,
                  **{k: v for k, v in SHAPE.items() if k != "vocabulary_size"})
     if options["lm_head_std"]:
         head = lm.backbone.token_embedding.reverse_embeddings
@@ -284,7 +300,8 @@ def run_keras(args) -> dict:
         options["inter_op_threads"] or args.threads)
     total = args.warmup_steps + args.steps
     model, dataset = build_variant(Path(args.spm).read_bytes(), read_jsonl(args.records),
-                                   options, total, args.batch_size)
+                                   options, total, args.batch_size,
+                                   dtype="mixed_bfloat16" if args.bf16 else None)
     counts: list = []
     dataset = _counting(dataset, counts, options["examples_per_row"],
                         joint=options["shared_encoder_pass"])
@@ -316,7 +333,7 @@ def run_keras(args) -> dict:
     # Each side's padded size (batch x length, or packed rows x length): one per shape.
     shapes = {tuple(row[1::2]) for row in np.array(counts[:total])}
     return {
-        "side": f"dss-keras ({args.variant})",
+        "side": f"dss-keras ({args.variant}{', bf16' if args.bf16 else ''})",
         "examples_per_second": args.batch_size * args.steps / seconds,
         "seconds_per_step": seconds / args.steps,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -331,6 +348,7 @@ def run_keras(args) -> dict:
         "batch_size": args.batch_size,
         "threads": args.threads,
         "options": options,
+        "compute_dtype": model.seq2seq_lm.backbone.compute_dtype,
         "tensorflow_version": tf.__version__,
         "onednn_graph_rewrites": onednn_in_effect(),
     }
@@ -352,6 +370,8 @@ def run_official(args, records: Path, spm: Path, workdir: Path) -> dict:
         "WARMUP": str(args.warmup_steps), "STEPS": str(args.warmup_steps + args.steps),
         "SPM_MODEL": str(spm), "MODEL_VOCAB": str(SHAPE["vocabulary_size"]),
         "JSON_OUT": str(out), "DSS_PEER_TOKEN_COUNTS": str(counts),
+        # Their run.py's own flag; official_hooks/ adds it to bench_run.py's command line.
+        "DSS_PEER_RUN_ARGS": "--bf16" if args.bf16 else "",
         "PYTHONPATH": os.pathsep.join(
             [str(HERE / "official_hooks")] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
     }
@@ -363,7 +383,8 @@ def run_official(args, records: Path, spm: Path, workdir: Path) -> dict:
     # Two collator calls per step (predict, explain); bench_run times steps warmup+1..total.
     timed = calls[2 * args.warmup_steps: 2 * (args.warmup_steps + args.steps)]
     tokens = {k: sum(c[k] for c in timed) / args.steps for k in TOKEN_KEYS}
-    result.update({"side": "official", **{f"tokens_{k}": v for k, v in tokens.items()}})
+    side = "official (bf16)" if args.bf16 else "official"
+    result.update({"side": side, **{f"tokens_{k}": v for k, v in tokens.items()}})
     return result
 
 
@@ -482,7 +503,8 @@ def _sides(args, variants: list[str], records: Path, spm: Path, workdir: Path) -
         sides.append(functools.partial(run_reference, args, records, spm, workdir))
     common = ["--records", str(records), "--spm", str(spm),
               "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-              "--warmup-steps", str(args.warmup_steps), "--threads", str(args.threads)]
+              "--warmup-steps", str(args.warmup_steps), "--threads", str(args.threads),
+              *(["--bf16"] if args.bf16 else [])]
     for variant in variants:
         out = workdir / f"keras-{variant}.json"
         sides.append(functools.partial(_run_json, [
@@ -504,6 +526,9 @@ def main(argv=None) -> int:
             raise SystemExit(f"Unknown variant {variant!r}; choose from {list(VARIANTS)}")
     if args.rounds < 1:
         raise SystemExit(f"--rounds must be at least 1. Received: {args.rounds}")
+    if args.bf16 and not args.skip_reference:
+        raise SystemExit("--bf16: the reference (torch_reference_train.py) trains in float32 "
+                         "only; add --skip-reference")
     if not (args.official or not args.skip_reference or variants):
         raise SystemExit("No side to run: give --official, --variants, or drop --skip-reference")
     load_before = os.getloadavg()[0]

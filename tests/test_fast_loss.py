@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dss_keras import optimizers, testing
+from dss_keras import backbones, optimizers, testing
 from dss_keras.data import make_dataset
 from dss_keras.model import DistillStepByStep
 from dss_keras.seq2seq_parts import Seq2SeqParts
@@ -197,3 +197,20 @@ def test_a_jit_compiled_model_gives_the_plain_loss_on_bounded_batches():
     got = fast.evaluate(dataset, verbose=0, return_dict=True)
     for name in ("loss", "label_loss", "rationale_loss"):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5)
+
+
+def test_packed_path_in_mixed_bfloat16_computes_the_plain_loss():
+    """bfloat16 (CPUs with AVX-512 BF16 or AMX, GPUs, TPUs): packing still keeps examples apart."""
+    lm = backbones.tiny_t5(proto=testing.toy_vocabulary(), hidden_dim=32, num_layers=2,
+                           num_heads=2, intermediate_dim=64, dtype="mixed_bfloat16")
+    plain = _model(lm=lm, **PLAIN)
+    fast = _model(lm=lm, examples_per_row=4, shared_encoder_pass=True)  # the default's packing
+    x, y, w = _batch(plain)
+    plain_loss, plain_stats = plain.compute_task_losses(x, y, w)
+    fast_loss, fast_stats = fast.compute_task_losses(x, y, w)
+    assert lm.backbone.compute_dtype == "bfloat16"
+    # bfloat16 keeps 8 bits of mantissa, and the packed rows' sums round differently (about
+    # 4e-5 of the loss here); an example seeing another would move it by far more.
+    np.testing.assert_allclose(fast_loss, plain_loss, rtol=1e-3)
+    for task in plain.tasks:  # each task's summed token loss
+        np.testing.assert_allclose(fast_stats[task][0], plain_stats[task][0], rtol=1e-3)

@@ -4,6 +4,8 @@ import argparse
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -86,3 +88,38 @@ def test_long_side_names_keep_the_columns_aligned(benchmark, capsys):
     assert {row.index(" 1 ") for row in rows[:3]} == {header.index("round") + 3}
     summary = [line for line in lines if "speed" in line and "runs" in line]
     assert len(summary) == 2 and len({line.index("speed") for line in summary}) == 1
+
+
+def test_bf16_with_the_float32_reference_is_refused_before_any_work(benchmark, monkeypatch):
+    monkeypatch.setattr(benchmark, "prepare_inputs", lambda *args: pytest.fail("prepared"))
+    with pytest.raises(SystemExit, match="--bf16.*--skip-reference"):
+        benchmark.main(["--bf16", "--variants", "fast"])
+
+
+def test_bf16_reaches_every_side(benchmark, tmp_path):
+    args = benchmark.parse_args(["--bf16", "--official", "peer", "--skip-reference",
+                                 "--variants", "fast,plain"])
+    official, *keras_sides = benchmark._sides(args, ["fast", "plain"], tmp_path / "r.jsonl",
+                                              tmp_path / "spm.model", tmp_path)
+    assert official.func is benchmark.run_official
+    for side in keras_sides:  # each dss-keras side runs in its own process, with --bf16
+        command = side.args[0]
+        assert command[command.index("--side") + 1] == "keras" and "--bf16" in command
+    plain = benchmark.parse_args(["--skip-reference", "--variants", "fast"])
+    assert "--bf16" not in benchmark._sides(plain, ["fast"], None, None, tmp_path)[0].args[0]
+
+
+@pytest.mark.parametrize("script, extra, expected", [
+    ("bench_run.py", "--bf16", ["--dataset", "cqa", "--bf16"]),
+    ("bench_run.py", "", ["--dataset", "cqa"]),
+    ("other.py", "--bf16", ["--dataset", "cqa"]),  # only the authors' training process
+])
+def test_the_peer_hook_adds_run_flags_to_their_run_only(tmp_path, script, extra, expected):
+    path = tmp_path / script
+    path.write_text("import json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    env = {**os.environ, "DSS_PEER_RUN_ARGS": extra,
+           "PYTHONPATH": os.path.join(REPO, "benchmarks", "official_hooks")}
+    env.pop("DSS_PEER_TOKEN_COUNTS", None)
+    done = subprocess.run([sys.executable, str(path), "--dataset", "cqa"], env=env,
+                          capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == expected

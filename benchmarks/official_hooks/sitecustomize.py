@@ -4,16 +4,38 @@
 `run.py` through `run_official.sh`, and names a file in $DSS_PEER_TOKEN_COUNTS. In that run's
 training process (`tools/bench_run.py`) this wraps `DataCollatorForSeq2Seq.__call__`, which
 their `TaskPrefixDataCollator` calls once per task and batch, and appends one JSON line per
-call: padded and real (non-padding) input and label tokens. It changes nothing else; in any
-other process it does nothing.
+call: padded and real (non-padding) input and label tokens. With $DSS_PEER_RUN_ARGS set
+(`--bf16` for `train_throughput.py --bf16`), it adds those flags of their `run.py` to the
+command line; on a machine without CUDA, Hugging Face's `TrainingArguments` refuses `bf16`
+unless `use_cpu` is set, so there it sets `use_cpu` (the run is on the CPU either way, and the
+Trainer then trains under torch's CPU autocast). It changes nothing else; in any other process
+it does nothing.
 """
 
 import json
 import os
+import shlex
 import sys
 
 _path = os.environ.get("DSS_PEER_TOKEN_COUNTS")
-if _path and sys.argv and sys.argv[0].endswith("bench_run.py"):
+_in_their_run = bool(sys.argv) and sys.argv[0].endswith("bench_run.py")
+if _in_their_run:
+    sys.argv += shlex.split(os.environ.get("DSS_PEER_RUN_ARGS", ""))
+
+if _in_their_run and "--bf16" in sys.argv:
+    import torch
+    from transformers import TrainingArguments
+
+    if not torch.cuda.is_available():
+        _post_init = TrainingArguments.__post_init__
+
+        def _on_the_cpu(self):
+            self.use_cpu = True
+            _post_init(self)
+
+        TrainingArguments.__post_init__ = _on_the_cpu
+
+if _path and _in_their_run:
     from transformers import DataCollatorForSeq2Seq
 
     _collate = DataCollatorForSeq2Seq.__call__
