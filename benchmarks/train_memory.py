@@ -12,6 +12,7 @@ importing the authors' PyTorch stack, for comparison.
     TF_ENABLE_ONEDNN_OPTS=0 TF_CPU_ALLOCATOR_USE_BFC=false \
         python benchmarks/train_memory.py                             # RSS only
     python benchmarks/train_memory.py --torch-python /path/to/venv/bin/python
+    python benchmarks/train_memory.py --bf16                         # mixed_bfloat16
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=13)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--variant", default="fast", help="a variant of train_throughput.py")
+    p.add_argument("--bf16", action="store_true", help="Keras' mixed_bfloat16 policy")
     p.add_argument("--torch-python", help="a Python with torch and transformers")
     args = p.parse_args(argv)
 
@@ -84,7 +86,8 @@ def main(argv=None) -> int:
         records = read_jsonl(records_path)
         proto = spm.read_bytes()
     model, dataset = bench.build_variant(proto, records, bench.VARIANTS[args.variant], args.steps,
-                                         batch_size=8)
+                                         batch_size=8,
+                                         dtype="mixed_bfloat16" if args.bf16 else None)
     _report("model (77M weights) and dataset built")
 
     class Phases(keras.callbacks.Callback):
