@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         records, proto = read_jsonl(records_path), spm.read_bytes()
     model, dataset = bench.build_variant(proto, records, bench.VARIANTS[args.variant],
                                          steps=args.batch + 1, batch_size=8,
-                                         dtype="mixed_bfloat16" if args.bf16 else None)
+                                         bf16=args.bf16)
     batch = next(iter(dataset.skip(args.batch)))
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
     kept = kept_tensors(model, x, y, sample_weight)

@@ -87,7 +87,7 @@ def main(argv=None) -> int:
         proto = spm.read_bytes()
     model, dataset = bench.build_variant(proto, records, bench.VARIANTS[args.variant], args.steps,
                                          batch_size=8,
-                                         dtype="mixed_bfloat16" if args.bf16 else None)
+                                         bf16=args.bf16)
     _report("model (77M weights) and dataset built")
 
     class Phases(keras.callbacks.Callback):

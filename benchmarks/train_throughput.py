@@ -221,10 +221,10 @@ def _counting(dataset, counts: list, examples_per_row: int = 1, joint: bool = Fa
 
 
 def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: int,
-                  dtype: str | None = None):
+                  bf16: bool = False):
     """The benchmark's model (compiled) and training dataset for one variant's options.
 
-    `dtype` is the backbone's Keras dtype policy (`"mixed_bfloat16"` with `--bf16`).
+    With `bf16` the backbone computes in bfloat16 (Keras' `mixed_bfloat16` policy).
     """
     import keras
     import numpy as np
@@ -237,7 +237,8 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
     from dss_keras.model import DistillStepByStep
     from dss_keras.training import make_optimizer
 
-    lm = tiny_t5(proto=proto, embedding_size=SHAPE["vocabulary_size"], dtype=dtype,
+    lm = tiny_t5(proto=proto, embedding_size=SHAPE["vocabulary_size"],
+                 dtype="mixed_bfloat16" if bf16 else None,
                  **{k: v for k, v in SHAPE.items() if k != "vocabulary_size"})
     if options["lm_head_std"]:
         head = lm.backbone.token_embedding.reverse_embeddings
@@ -300,8 +301,7 @@ def run_keras(args) -> dict:
         options["inter_op_threads"] or args.threads)
     total = args.warmup_steps + args.steps
     model, dataset = build_variant(Path(args.spm).read_bytes(), read_jsonl(args.records),
-                                   options, total, args.batch_size,
-                                   dtype="mixed_bfloat16" if args.bf16 else None)
+                                   options, total, args.batch_size, bf16=args.bf16)
     counts: list = []
     dataset = _counting(dataset, counts, options["examples_per_row"],
                         joint=options["shared_encoder_pass"])
@@ -354,36 +354,53 @@ def run_keras(args) -> dict:
     }
 
 
+def official_env(args, spm: Path, workdir: Path) -> dict:
+    """The environment of `run_official.sh`: the shape, steps and files of this benchmark.
+
+    The hook in official_hooks/ counts the batches' tokens into `official_tokens.jsonl`,
+    adds $DSS_PEER_RUN_ARGS (their run.py's own `--bf16` with `--bf16`) to its command
+    line and writes that command line to `official_argv.json`.
+    """
+    return {
+        **os.environ,
+        "MODES": "task_prefix", "DATASET": "cqa", "DATA_DIR": str(Path(args.data_dir).resolve()),
+        "BS": str(args.batch_size), "MAXLEN": str(MAX_LENGTH), "THREADS": str(args.threads),
+        "WARMUP": str(args.warmup_steps), "STEPS": str(args.warmup_steps + args.steps),
+        "SPM_MODEL": str(spm), "MODEL_VOCAB": str(SHAPE["vocabulary_size"]),
+        "JSON_OUT": str(workdir / "official.json"),
+        "DSS_PEER_TOKEN_COUNTS": str(workdir / "official_tokens.jsonl"),
+        "DSS_PEER_RUN_ARGS": "--bf16" if args.bf16 else "",
+        "DSS_PEER_ARGV_OUT": str(workdir / "official_argv.json"),
+        "PYTHONPATH": os.pathsep.join(
+            [str(HERE / "official_hooks")] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+    }
+
+
 def run_official(args, records: Path, spm: Path, workdir: Path) -> dict:
     """The authors' run.py through run_official.sh, with its batches' tokens counted."""
     official = Path(args.official).resolve()
     script = official / "run_official.sh"
     if not script.exists():
         raise SystemExit(f"--official {args.official}: no run_official.sh there")
-    out, counts = workdir / "official.json", workdir / "official_tokens.jsonl"
-    for stale in (out, counts):  # from an earlier round
+    env = official_env(args, spm, workdir)
+    out, counts, argv = (Path(env[key]) for key in
+                         ("JSON_OUT", "DSS_PEER_TOKEN_COUNTS", "DSS_PEER_ARGV_OUT"))
+    for stale in (out, counts, argv):  # from an earlier round
         stale.unlink(missing_ok=True)
-    env = {
-        **os.environ,
-        "MODES": "task_prefix", "DATASET": "cqa", "DATA_DIR": str(Path(args.data_dir).resolve()),
-        "BS": str(args.batch_size), "MAXLEN": str(MAX_LENGTH), "THREADS": str(args.threads),
-        "WARMUP": str(args.warmup_steps), "STEPS": str(args.warmup_steps + args.steps),
-        "SPM_MODEL": str(spm), "MODEL_VOCAB": str(SHAPE["vocabulary_size"]),
-        "JSON_OUT": str(out), "DSS_PEER_TOKEN_COUNTS": str(counts),
-        # Their run.py's own flag; official_hooks/ adds it to bench_run.py's command line.
-        "DSS_PEER_RUN_ARGS": "--bf16" if args.bf16 else "",
-        "PYTHONPATH": os.pathsep.join(
-            [str(HERE / "official_hooks")] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
-    }
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{script} failed:\n{done.stderr[-4000:]}")
     result = json.loads(out.read_text().splitlines()[0])
+    run_argv = json.loads(argv.read_text())
+    if args.bf16 != ("--bf16" in run_argv):
+        raise RuntimeError(f"their run.py ran without the precision asked for. Received: "
+                           f"argv={run_argv}, bf16={args.bf16}")
     calls = [json.loads(line) for line in counts.read_text().splitlines()]
     # Two collator calls per step (predict, explain); bench_run times steps warmup+1..total.
     timed = calls[2 * args.warmup_steps: 2 * (args.warmup_steps + args.steps)]
     tokens = {k: sum(c[k] for c in timed) / args.steps for k in TOKEN_KEYS}
     side = "official (bf16)" if args.bf16 else "official"
+    result["run_argv"] = run_argv
     result.update({"side": side, **{f"tokens_{k}": v for k, v in tokens.items()}})
     return result
 
@@ -528,7 +545,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"--rounds must be at least 1. Received: {args.rounds}")
     if args.bf16 and not args.skip_reference:
         raise SystemExit("--bf16: the reference (torch_reference_train.py) trains in float32 "
-                         "only; add --skip-reference")
+                         "only; add --skip-reference. Received: skip_reference=False")
     if not (args.official or not args.skip_reference or variants):
         raise SystemExit("No side to run: give --official, --variants, or drop --skip-reference")
     load_before = os.getloadavg()[0]

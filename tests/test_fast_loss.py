@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dss_keras import backbones, optimizers, testing
+from dss_keras import backbones, optimizers, packing, testing
 from dss_keras.data import make_dataset
 from dss_keras.model import DistillStepByStep
 from dss_keras.seq2seq_parts import Seq2SeqParts
@@ -199,7 +199,7 @@ def test_a_jit_compiled_model_gives_the_plain_loss_on_bounded_batches():
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5)
 
 
-def test_packed_path_in_mixed_bfloat16_computes_the_plain_loss():
+def test_packed_path_in_mixed_bfloat16_computes_the_plain_loss(monkeypatch):
     """bfloat16 (CPUs with AVX-512 BF16 or AMX, GPUs, TPUs): packing still keeps examples apart."""
     lm = backbones.tiny_t5(proto=testing.toy_vocabulary(), hidden_dim=32, num_layers=2,
                            num_heads=2, intermediate_dim=64, dtype="mixed_bfloat16")
@@ -208,9 +208,14 @@ def test_packed_path_in_mixed_bfloat16_computes_the_plain_loss():
     x, y, w = _batch(plain)
     plain_loss, plain_stats = plain.compute_task_losses(x, y, w)
     fast_loss, fast_stats = fast.compute_task_losses(x, y, w)
-    assert lm.backbone.compute_dtype == "bfloat16"
+    assert lm.backbone.compute_dtype == "bfloat16" and fast._packs_rows()
     # bfloat16 keeps 8 bits of mantissa, and the packed rows' sums round differently (about
-    # 4e-5 of the loss here); an example seeing another would move it by far more.
+    # 4e-5 of the loss here); an example seeing another moves it by more (below).
     np.testing.assert_allclose(fast_loss, plain_loss, rtol=1e-3)
     for task in plain.tasks:  # each task's summed token loss
         np.testing.assert_allclose(fast_stats[task][0], plain_stats[task][0], rtol=1e-3)
+    with monkeypatch.context() as patch:  # every token of a row sees the whole row
+        patch.setattr(packing, "_same_example", lambda query, key: tf.ones(
+            [tf.shape(query)[0], tf.shape(query)[1], tf.shape(key)[1]], tf.bool))
+        leaky_loss, _ = fast.compute_task_losses(x, y, w)
+    assert abs(float(leaky_loss) / float(plain_loss) - 1.0) > 1e-3

@@ -102,24 +102,66 @@ def test_bf16_reaches_every_side(benchmark, tmp_path):
     official, *keras_sides = benchmark._sides(args, ["fast", "plain"], tmp_path / "r.jsonl",
                                               tmp_path / "spm.model", tmp_path)
     assert official.func is benchmark.run_official
+    env = benchmark.official_env(args, tmp_path / "spm.model", tmp_path)
+    assert env["DSS_PEER_RUN_ARGS"] == "--bf16"  # their run.py's own flag, through the hook
+    assert env["PYTHONPATH"].split(os.pathsep)[0].endswith("official_hooks")
     for side in keras_sides:  # each dss-keras side runs in its own process, with --bf16
         command = side.args[0]
         assert command[command.index("--side") + 1] == "keras" and "--bf16" in command
     plain = benchmark.parse_args(["--skip-reference", "--variants", "fast"])
     assert "--bf16" not in benchmark._sides(plain, ["fast"], None, None, tmp_path)[0].args[0]
+    assert benchmark.official_env(plain, tmp_path / "spm.model", tmp_path)[
+        "DSS_PEER_RUN_ARGS"] == ""
 
 
-@pytest.mark.parametrize("script, extra, expected", [
-    ("bench_run.py", "--bf16", ["--dataset", "cqa", "--bf16"]),
-    ("bench_run.py", "", ["--dataset", "cqa"]),
-    ("other.py", "--bf16", ["--dataset", "cqa"]),  # only the authors' training process
+# Stand-ins for torch (no CUDA) and transformers' TrainingArguments, which refuses bf16 on a
+# machine without CUDA unless use_cpu is set.
+FAKE_TORCH = "class cuda:\n    is_available = staticmethod(lambda: False)\n"
+FAKE_TRANSFORMERS = """
+import dataclasses
+
+@dataclasses.dataclass
+class TrainingArguments:
+    bf16: bool = False
+    use_cpu: bool = False
+
+    def __post_init__(self):
+        if self.bf16 and not self.use_cpu:
+            raise ValueError("Your setup doesn't support bf16/gpu.")
+
+@dataclasses.dataclass
+class Seq2SeqTrainingArguments(TrainingArguments):
+    pass
+"""
+THEIR_RUN = """
+import json, sys
+from transformers import Seq2SeqTrainingArguments
+bf16 = "--bf16" in sys.argv
+print(json.dumps([sys.argv[1:], Seq2SeqTrainingArguments(bf16=bf16).use_cpu]))
+"""
+
+
+@pytest.mark.parametrize("script, extra, argv, use_cpu", [
+    ("bench_run.py", "--bf16", ["--dataset", "cqa", "--bf16"], True),
+    ("bench_run.py", "", ["--dataset", "cqa"], False),
+    ("other.py", "--bf16", ["--dataset", "cqa"], False),  # only the authors' training process
 ])
-def test_the_peer_hook_adds_run_flags_to_their_run_only(tmp_path, script, extra, expected):
-    path = tmp_path / script
-    path.write_text("import json, sys\nprint(json.dumps(sys.argv[1:]))\n")
-    env = {**os.environ, "DSS_PEER_RUN_ARGS": extra,
-           "PYTHONPATH": os.path.join(REPO, "benchmarks", "official_hooks")}
+def test_the_peer_hook_adds_run_flags_to_their_run_only(tmp_path, script, extra, argv, use_cpu):
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(FAKE_TORCH)
+    (tmp_path / "transformers").mkdir()
+    (tmp_path / "transformers" / "__init__.py").write_text(FAKE_TRANSFORMERS)
+    (tmp_path / script).write_text(THEIR_RUN)
+    argv_out = tmp_path / "argv.json"
+    env = {**os.environ, "DSS_PEER_RUN_ARGS": extra, "DSS_PEER_ARGV_OUT": str(argv_out),
+           "PYTHONPATH": os.pathsep.join([os.path.join(REPO, "benchmarks", "official_hooks"),
+                                          str(tmp_path)])}
     env.pop("DSS_PEER_TOKEN_COUNTS", None)
-    done = subprocess.run([sys.executable, str(path), "--dataset", "cqa"], env=env,
-                          capture_output=True, text=True, check=True)
-    assert json.loads(done.stdout) == expected
+    done = subprocess.run([sys.executable, str(tmp_path / script), "--dataset", "cqa"],
+                          env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0 and "sitecustomize" not in done.stderr, done.stderr
+    assert json.loads(done.stdout) == [argv, use_cpu]
+    if script == "bench_run.py":  # the command line is recorded for the report
+        assert json.loads(argv_out.read_text()) == argv
+    else:
+        assert not argv_out.exists()

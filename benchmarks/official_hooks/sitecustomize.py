@@ -6,10 +6,11 @@ training process (`tools/bench_run.py`) this wraps `DataCollatorForSeq2Seq.__cal
 their `TaskPrefixDataCollator` calls once per task and batch, and appends one JSON line per
 call: padded and real (non-padding) input and label tokens. With $DSS_PEER_RUN_ARGS set
 (`--bf16` for `train_throughput.py --bf16`), it adds those flags of their `run.py` to the
-command line; on a machine without CUDA, Hugging Face's `TrainingArguments` refuses `bf16`
-unless `use_cpu` is set, so there it sets `use_cpu` (the run is on the CPU either way, and the
-Trainer then trains under torch's CPU autocast). It changes nothing else; in any other process
-it does nothing.
+command line, and it writes the command line to $DSS_PEER_ARGV_OUT when that is set. On a
+machine without CUDA, Hugging Face's `TrainingArguments` refuses `bf16` unless `use_cpu` is
+set, so there it sets `use_cpu` (the run is on the CPU either way, and the Trainer then
+trains under torch's CPU autocast). It changes nothing else; in any other process it does
+nothing.
 """
 
 import json
@@ -21,6 +22,9 @@ _path = os.environ.get("DSS_PEER_TOKEN_COUNTS")
 _in_their_run = bool(sys.argv) and sys.argv[0].endswith("bench_run.py")
 if _in_their_run:
     sys.argv += shlex.split(os.environ.get("DSS_PEER_RUN_ARGS", ""))
+    if os.environ.get("DSS_PEER_ARGV_OUT"):  # what their run.py is given, for the report
+        with open(os.environ["DSS_PEER_ARGV_OUT"], "w", encoding="utf-8") as f:
+            json.dump(sys.argv[1:], f)
 
 if _in_their_run and "--bf16" in sys.argv:
     import torch
