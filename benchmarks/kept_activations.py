@@ -93,8 +93,7 @@ def main(argv=None) -> int:
         records_path, spm = bench.prepare_inputs(bench_args, Path(tmp))
         records, proto = read_jsonl(records_path), spm.read_bytes()
     model, dataset = bench.build_variant(proto, records, bench.VARIANTS[args.variant],
-                                         steps=args.batch + 1, batch_size=8,
-                                         bf16=args.bf16)
+                                         steps=args.batch + 1, batch_size=8, bf16=args.bf16)
     batch = next(iter(dataset.skip(args.batch)))
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
     kept = kept_tensors(model, x, y, sample_weight)

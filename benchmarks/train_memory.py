@@ -86,8 +86,7 @@ def main(argv=None) -> int:
         records = read_jsonl(records_path)
         proto = spm.read_bytes()
     model, dataset = bench.build_variant(proto, records, bench.VARIANTS[args.variant], args.steps,
-                                         batch_size=8,
-                                         bf16=args.bf16)
+                                         batch_size=8, bf16=args.bf16)
     _report("model (77M weights) and dataset built")
 
     class Phases(keras.callbacks.Callback):

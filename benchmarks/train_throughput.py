@@ -358,8 +358,8 @@ def official_env(args, spm: Path, workdir: Path) -> dict:
     """The environment of `run_official.sh`: the shape, steps and files of this benchmark.
 
     The hook in official_hooks/ counts the batches' tokens into `official_tokens.jsonl`,
-    adds $DSS_PEER_RUN_ARGS (their run.py's own `--bf16` with `--bf16`) to its command
-    line and writes that command line to `official_argv.json`.
+    adds $DSS_PEER_RUN_ARGS to their command line (their run.py's own `--bf16`, when this
+    benchmark runs with `--bf16`) and writes that command line to `official_argv.json`.
     """
     return {
         **os.environ,
