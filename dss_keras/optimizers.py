@@ -95,6 +95,15 @@ class AdamW(keras.optimizers.AdamW):
     formula, bias correction and epsilon) in one pass over the weight and its
     moments, in place, instead of a handful of whole-tensor temporaries.
 
+    Weight decay 0 (the authors' setting) is no work at all; Keras still
+    subtracts `0 * lr * weight` from every weight each step. Any other weight
+    decay is applied as Keras does (before the Adam update, with the step's
+    learning rate), but only once the weight's gradient is known. Keras'
+    decay reads no gradient, so inside a traced train step TensorFlow runs it
+    while the forward pass still holds the weights it read, and each weight
+    is copied rather than updated in place: a second copy of the model for
+    the whole step.
+
     Examples:
 
     >>> optimizer = AdamW(learning_rate=0.1, global_clipnorm=1.0)
@@ -109,8 +118,17 @@ class AdamW(keras.optimizers.AdamW):
                  for g in grads]
         return super().apply(grads, trainable_variables)
 
+    def _apply_weight_decay(self, variables):
+        if self.weight_decay:
+            super()._apply_weight_decay([v for v in variables if not self._fuses(v)])
+
+    def _fuses(self, variable) -> bool:
+        """Whether `update_step` updates `variable` (and decays it) itself."""
+        return not (self.amsgrad or tf.distribute.has_strategy()
+                    or not hasattr(variable, "handle"))
+
     def update_step(self, gradient, variable, learning_rate):
-        if self.amsgrad or tf.distribute.has_strategy() or not hasattr(variable, "handle"):
+        if not self._fuses(variable):
             return super().update_step(gradient, variable, learning_rate)
         index = self._get_variable_index(variable)
         dtype = variable.dtype
@@ -119,6 +137,10 @@ class AdamW(keras.optimizers.AdamW):
         def constant(value):
             return tf.cast(value, dtype)
 
+        if self.weight_decay and self._use_weight_decay(variable):
+            with tf.control_dependencies([gradient]):
+                variable.assign_sub(variable * constant(self.weight_decay)
+                                    * constant(learning_rate))
         tf.raw_ops.ResourceApplyAdam(
             var=variable.handle,
             m=self._momentums[index].value.handle,

@@ -160,3 +160,52 @@ def _apply_function(optimizer, variable):
         optimizer.apply([gradient], [variable])
 
     return step
+
+
+def _decay_ops_and_their_inputs(optimizer_class, weight_decay):
+    """The traced train step's `AssignSubVariableOp`s, each with the ops it waits for."""
+    variable = keras.Variable(np.ones((4, 3), "float32"))
+    optimizer = optimizer_class(learning_rate=0.1, weight_decay=weight_decay)
+    optimizer.build([variable])
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.matmul(x, variable))
+        optimizer.apply(tape.gradient(loss, [variable]), [variable])
+
+    graph = step.get_concrete_function(tf.TensorSpec([2, 4], "float32")).graph
+    decays = [op for op in graph.get_operations() if op.type == "AssignSubVariableOp"]
+    waits = []
+    for decay in decays:
+        seen, stack = set(), [decay]
+        while stack:
+            op = stack.pop()
+            for parent in [t.op for t in op.inputs] + list(op.control_inputs):
+                if parent.name not in seen:
+                    seen.add(parent.name)
+                    stack.append(parent)
+        waits.append(seen)
+    return decays, waits
+
+
+def _waits_for_gradient(ops_inputs):
+    return [any(name.startswith("gradient_tape/") for name in seen) for seen in ops_inputs]
+
+
+def test_zero_weight_decay_adds_no_work_to_the_step():
+    decays, _ = _decay_ops_and_their_inputs(optimizers.AdamW, 0.0)
+    assert decays == []  # the fused update is ResourceApplyAdam; no decay op
+    # Keras' AdamW subtracts 0 * lr * weight from each weight, every step, and does not
+    # wait for the gradient to do it (its Adam update, also an AssignSub, does).
+    _, keras_waits = _decay_ops_and_their_inputs(keras.optimizers.AdamW, 0.0)
+    assert sorted(_waits_for_gradient(keras_waits)) == [False, True]
+
+
+def test_weight_decay_waits_for_the_gradient():
+    # Run before the gradient is known, the decay would update a weight that the forward
+    # pass still holds, and TensorFlow would copy the weight instead of updating it in place.
+    decays, waits = _decay_ops_and_their_inputs(optimizers.AdamW, 0.01)
+    assert len(decays) == 1 and _waits_for_gradient(waits) == [True]
+    _, keras_waits = _decay_ops_and_their_inputs(keras.optimizers.AdamW, 0.01)
+    assert sorted(_waits_for_gradient(keras_waits)) == [False, True]
