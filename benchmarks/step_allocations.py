@@ -114,14 +114,8 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(HERE))
     import train_throughput as bench
 
-    from dss_keras.data.records import read_jsonl
-
+    records, proto = bench.load_inputs(args.data_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        bench_args = bench.parse_args(
-            [] if args.data_dir is None else ["--data-dir", args.data_dir])
-        records_path, spm = bench.prepare_inputs(bench_args, Path(tmp))
-        records = read_jsonl(records_path)
-        proto = spm.read_bytes()
         model, dataset = bench.build_variant(proto, records, bench.VARIANTS[args.variant],
                                              args.step + 1, batch_size=8, bf16=args.bf16)
         logdir = Path(tmp) / "profile"

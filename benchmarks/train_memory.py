@@ -22,7 +22,6 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -76,15 +75,9 @@ def main(argv=None) -> int:
 
     import dss_keras.model  # noqa: F401  (KerasHub and TF Text come with it)
     import dss_keras.training  # noqa: F401
-    from dss_keras.data.records import read_jsonl
 
     _report("dss_keras (KerasHub, TF Text) imported")
-    with tempfile.TemporaryDirectory() as tmp:
-        bench_args = bench.parse_args(
-            [] if args.data_dir is None else ["--data-dir", args.data_dir])
-        records_path, spm = bench.prepare_inputs(bench_args, Path(tmp))
-        records = read_jsonl(records_path)
-        proto = spm.read_bytes()
+    records, proto = bench.load_inputs(args.data_dir)
     model, dataset = bench.build_variant(proto, records, bench.VARIANTS[args.variant], args.steps,
                                          batch_size=8, bf16=args.bf16)
     _report("model (77M weights) and dataset built")

@@ -164,6 +164,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def load_inputs(data_dir: str | None = None) -> tuple[list, bytes]:
+    """`prepare_inputs` for another script: the records and the SentencePiece model's bytes."""
+    from dss_keras.data.records import read_jsonl
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = parse_args([] if data_dir is None else ["--data-dir", data_dir])
+        records_path, spm = prepare_inputs(args, Path(tmp))
+        return read_jsonl(records_path), spm.read_bytes()
+
+
 def prepare_inputs(args, workdir: Path) -> tuple[Path, Path]:
     """All CQA train records with a rationale, as JSONL, and a SentencePiece model."""
     from dss_keras.backbones import train_sentencepiece
