@@ -216,11 +216,12 @@ class DistillStepByStep(keras.Model):
         return (self.examples_per_row > 1 and self._parts is not None
                 and self._parts.can_split_encoder and not self.jit_compile)
 
-    def _packed_task_logits(self, x, y, sample_weight, training):
-        """`_task_logits` of packed rows: logits at the real target tokens.
+    def _packed_token_losses(self, x, y, sample_weight, training):
+        """`_task_token_losses` of packed rows, at the real target tokens.
 
         With `shared_encoder_pass` both tasks' examples are packed together
-        (one encoder and one decoder call), else each task's apart.
+        (one encoder and one decoder call, and one projection of both tasks'
+        target tokens onto the vocabulary), else each task's apart.
         """
         parts, remat = self._parts, self.rematerialize
         together = self.shared_encoder_pass and len(self.tasks) == 2
@@ -237,24 +238,31 @@ class DistillStepByStep(keras.Model):
                                   attention_mask=packed.decoder_attention_mask,
                                   encoder_attention_mask=packed.cross_attention_mask)
             first = tf.constant(0, tf.int64)  # where the task's examples start in the group
+            states, targets, weights = [], [], []
             for task in group:
-                weights = sample_weight[task]
-                positions = tf.where(weights > 0)
-                states = packed.decoder_states_at(hidden, positions + [[first, 0]])
-                first += tf.shape(weights, out_type=tf.int64)[0]
-                outputs[task] = (parts.vocabulary_logits(states),
-                                 tf.gather_nd(y[task], positions),
-                                 tf.gather_nd(weights, positions))
+                positions = tf.where(sample_weight[task] > 0)
+                states.append(packed.decoder_states_at(hidden, positions + [[first, 0]]))
+                first += tf.shape(sample_weight[task], out_type=tf.int64)[0]
+                targets.append(tf.gather_nd(y[task], positions))
+                weights.append(tf.gather_nd(sample_weight[task], positions))
+            # One projection: the LM head's gradient is one product, not one per task.
+            losses, correct = self._token_losses(
+                parts.vocabulary_logits(tf.concat(states, 0)), tf.concat(targets, 0))
+            sizes = [tf.shape(t)[0] for t in targets]
+            for task, task_losses, task_correct, task_weights in zip(
+                    group, tf.split(losses, sizes), tf.split(correct, sizes), weights):
+                outputs[task] = (task_losses, task_correct, task_weights)
         return outputs
 
-    def _task_logits(self, x, y, sample_weight, training):
-        """Per task `(logits, targets, weights)`, gathered at real targets on the fast path."""
+    def _task_token_losses(self, x, y, sample_weight, training):
+        """Per task `(token losses, correct tokens, weights)`, at real targets on the fast path."""
         if self._packs_rows():
-            return self._packed_task_logits(x, y, sample_weight, training)
+            return self._packed_token_losses(x, y, sample_weight, training)
         pieces = self.logits_at_targets_only or self.shared_encoder_pass or self.rematerialize
         if self._parts is None or not pieces:
-            return {task: (self.seq2seq_lm(x[task], training=training), y[task],
-                           sample_weight[task]) for task in self.tasks}
+            return {task: self._token_losses(self.seq2seq_lm(x[task], training=training),
+                                             y[task]) + (sample_weight[task],)
+                    for task in self.tasks}
         gather = self.logits_at_targets_only and not self.jit_compile
         outputs = {}
         for task, hidden in self._decoder_hidden_states(x, training).items():
@@ -265,23 +273,18 @@ class DistillStepByStep(keras.Model):
                 hidden = tf.gather_nd(hidden, positions)
                 targets = tf.gather_nd(targets, positions)
                 weights = tf.gather_nd(weights, positions)
-            outputs[task] = (self._parts.vocabulary_logits(hidden), targets, weights)
+            outputs[task] = self._token_losses(self._parts.vocabulary_logits(hidden),
+                                               targets) + (weights,)
         return outputs
 
     @staticmethod
-    def _token_statistics(logits, targets, weights, examples):
-        """Token cross-entropy sum, token count, correct-token count and examples."""
+    def _token_losses(logits, targets):
+        """Each target token's cross-entropy, and 1.0 where the argmax is the target."""
         logits = tf.cast(logits, "float32")
         targets = tf.cast(targets, "int32")
-        weights = tf.cast(weights, "float32")
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
         correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), targets), "float32")
-        return (
-            tf.reduce_sum(losses * weights),
-            tf.reduce_sum(weights),
-            tf.reduce_sum(correct * weights),
-            examples,
-        )
+        return losses, correct
 
     def compute_task_losses(self, x, y, sample_weight, training=False):
         """The replica's share of the objective, and per-task statistics.
@@ -297,12 +300,13 @@ class DistillStepByStep(keras.Model):
             replica.
         """
         statistics, loss = {}, 0.0
-        task_logits = self._task_logits(x, y, sample_weight, training)
+        token_losses = self._task_token_losses(x, y, sample_weight, training)
         for task in self.tasks:
-            logits, targets, weights = task_logits[task]
-            statistics[task] = self._token_statistics(logits, targets, weights,
-                                                      tf.shape(y[task])[0])
-            total, count = statistics[task][:2]
+            losses, correct, weights = token_losses[task]
+            weights = tf.cast(weights, "float32")
+            total, count = tf.reduce_sum(losses * weights), tf.reduce_sum(weights)
+            statistics[task] = (total, count, tf.reduce_sum(correct * weights),
+                                tf.shape(y[task])[0])
             task_loss = tf.math.divide_no_nan(total, _all_reduce_sum(count))
             weight = 1.0 if self.mode == "standard" else (
                 self.alpha if task == "label" else 1.0 - self.alpha

@@ -115,16 +115,30 @@ def test_fast_path_changes_no_gradient(name):
     assert sum(float(tf.reduce_sum(tf.abs(g))) for g in plain_gradients) > 1e-3
 
 
-def test_gathering_projects_only_real_target_tokens(monkeypatch):
-    _, fast = _plain_and_fast(FAST_OPTIONS["both"])
+def _projected_rows(fast, monkeypatch):
+    """The batch, and the rows of each projection onto the vocabulary in its loss."""
     x, y, w = _batch(fast)
     rows = []
     project = fast._parts.vocabulary_logits
     monkeypatch.setattr(fast._parts, "vocabulary_logits",
                         lambda hidden: rows.append(hidden.shape[0]) or project(hidden))
     fast.compute_task_losses(x, y, w)
+    return w, rows
+
+
+def test_gathering_projects_only_real_target_tokens(monkeypatch):
+    _, fast = _plain_and_fast(FAST_OPTIONS["both"])
+    w, rows = _projected_rows(fast, monkeypatch)
     assert rows == [int(tf.reduce_sum(w["label"])), int(tf.reduce_sum(w["rationale"]))]
     assert rows[1] < w["rationale"].shape[0] * w["rationale"].shape[1]
+
+
+def test_packed_tasks_share_one_projection_of_their_real_target_tokens(monkeypatch):
+    # One product for the LM head's gradient, not one per task added up afterwards.
+    _, fast = _plain_and_fast(FAST_OPTIONS["packed_2_joint"])
+    assert fast._packs_rows()
+    w, rows = _projected_rows(fast, monkeypatch)
+    assert rows == [int(tf.reduce_sum(w["label"])) + int(tf.reduce_sum(w["rationale"]))]
 
 
 def test_fast_and_plain_fits_train_the_same_weights():
