@@ -63,7 +63,7 @@ PLAIN = dict(logits_at_targets_only=False, shared_encoder_pass=False, cache_toke
              fused_adam=False, bucketing=True, jit_compile=False, lm_head_std=None,
              rematerialize=False, flat_train_function=False, release_memory=False,
              bfc_allocator=False, onednn=None, examples_per_row=1, inter_op_threads=None,
-             one_pass_clip=False, malloc_arenas=None, autodiff_gelu=False)
+             one_pass_clip=False, malloc_arenas=None, autodiff_gelu=False, pad_to_multiple_of=16)
 # What `dss-keras train` and the recipes run (`dss_keras.cpu_runtime` included: oneDNN
 # kernels, TF_ENABLE_ONEDNN_OPTS=1, which pool CPU memory themselves; else the BFC allocator):
 # both tasks' examples packed four to a row, one encoder and one decoder call per step.
@@ -122,6 +122,9 @@ VARIANTS = {
     # T5's tanh-GELU differentiated op by op (its intermediates kept for the gradient), not
     # `dss_keras.activations.gelu_tanh`, which keeps only its input.
     "fast-autodiff-gelu": dict(FAST, autodiff_gelu=True),
+    # Packed rows and projected target tokens at their exact counts, not rounded up to a
+    # multiple of 16: a new shape in nearly every op of every step (the default before).
+    "fast-exact-lengths": dict(FAST, pad_to_multiple_of=1),
     # The official stand-in's LM head init (Hugging Face's std 1.0, logits of std ~20).
     "fast-hf-init": dict(FAST, lm_head_std=1.0),
 }
@@ -259,7 +262,8 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
         max_rationale_length=MAX_LENGTH,
         logits_at_targets_only=options["logits_at_targets_only"],
         shared_encoder_pass=options["shared_encoder_pass"],
-        rematerialize=options["rematerialize"], examples_per_row=options["examples_per_row"])
+        rematerialize=options["rematerialize"], examples_per_row=options["examples_per_row"],
+        pad_to_multiple_of=options["pad_to_multiple_of"])
     if options["autodiff_gelu"]:
         autodiff_gelu = keras.saving.get_registered_object("keras_hub>gelu_approximate")
         swap_feedforward_activation(lm.backbone, gelu_tanh, autodiff_gelu)

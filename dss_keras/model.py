@@ -12,7 +12,8 @@ from dss_keras.activations import use_gelu_tanh
 from dss_keras.config import MODES
 from dss_keras.decoding import decoder_for
 from dss_keras.metrics.token_mean import TokenMean
-from dss_keras.packing import check_examples_per_row, pack_task, stack_examples
+from dss_keras.packing import (check_examples_per_row, check_length_multiple, pack_task,
+                               round_up, stack_examples)
 from dss_keras.preprocessor import TASKS, MultiTaskPreprocessor
 from dss_keras.seq2seq_parts import Seq2SeqParts
 from dss_keras.train_function import flat_train_function
@@ -81,6 +82,12 @@ class DistillStepByStep(keras.Model):
             encoder and decoder do (almost) no work on padding (T5 only,
             not under XLA; `dss_keras.packing`). The loss and gradients are
             the padded batch's; 1 turns packing off.
+        pad_to_multiple_of: With packing, round the packed rows' lengths and
+            the count of target tokens projected onto the vocabulary up to a
+            multiple of this (the extra positions count for nothing). Every
+            batch would otherwise bring new shapes, and TensorFlow's oneDNN
+            kernels cache a primitive per shape: memory that grew with each
+            step (see BENCHMARKS.md). 1 keeps the exact lengths.
 
     With any of these options a T5 or BART model is called in pieces
     (`dss_keras.seq2seq_parts`); other models always run whole. The loss and
@@ -122,6 +129,7 @@ class DistillStepByStep(keras.Model):
         shared_encoder_pass: bool | None = None,
         rematerialize: bool = False,
         examples_per_row: int = 4,
+        pad_to_multiple_of: int = 16,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -143,6 +151,8 @@ class DistillStepByStep(keras.Model):
             raise ValueError("`rematerialize=True` needs a T5 model (keras_hub.models."
                              f"T5Seq2SeqLM). Received: {type(seq2seq_lm).__name__}")
         self.examples_per_row = check_examples_per_row(examples_per_row)
+        self.pad_to_multiple_of = check_length_multiple(pad_to_multiple_of,
+                                                        "pad_to_multiple_of")
         self.preprocessor = MultiTaskPreprocessor.from_seq2seq_lm(
             seq2seq_lm,
             **(sequence_layout or {}),
@@ -229,7 +239,7 @@ class DistillStepByStep(keras.Model):
         outputs = {}
         for group in groups:
             packed = pack_task(stack_examples([x[task] for task in group]),
-                               self.examples_per_row)
+                               self.examples_per_row, self.pad_to_multiple_of)
             encoded = parts.encode(packed.encoder_token_ids, None, training=training,
                                    rematerialize=remat,
                                    attention_mask=packed.encoder_attention_mask)
@@ -246,9 +256,14 @@ class DistillStepByStep(keras.Model):
                 targets.append(tf.gather_nd(y[task], positions))
                 weights.append(tf.gather_nd(sample_weight[task], positions))
             # One projection: the LM head's gradient is one product, not one per task.
-            losses, correct = self._token_losses(
-                parts.vocabulary_logits(tf.concat(states, 0)), tf.concat(targets, 0))
             sizes = [tf.shape(t)[0] for t in targets]
+            states, targets = tf.concat(states, 0), tf.concat(targets, 0)
+            real = tf.shape(targets)[0]
+            extra = round_up(real, self.pad_to_multiple_of) - real
+            losses, correct = self._token_losses(
+                parts.vocabulary_logits(tf.pad(states, [[0, extra], [0, 0]])),
+                tf.pad(targets, [[0, extra]]))
+            losses, correct = losses[:real], correct[:real]
             for task, task_losses, task_correct, task_weights in zip(
                     group, tf.split(losses, sizes), tf.split(correct, sizes), weights):
                 outputs[task] = (task_losses, task_correct, task_weights)
@@ -421,6 +436,7 @@ class DistillStepByStep(keras.Model):
                 "shared_encoder_pass": self._shared_encoder_pass,
                 "rematerialize": self.rematerialize,
                 "examples_per_row": self.examples_per_row,
+                "pad_to_multiple_of": self.pad_to_multiple_of,
                 "sequence_layout": {
                     "encoder_start_ids": pre.encoder_start_ids,
                     "decoder_start_ids": pre.decoder_start_ids,

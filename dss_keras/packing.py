@@ -85,7 +85,7 @@ class PackedTask:
         return tf.gather_nd(hidden_states, packed)
 
 
-def pack_task(inputs: dict, examples_per_row: int) -> PackedTask:
+def pack_task(inputs: dict, examples_per_row: int, length_multiple: int = 1) -> PackedTask:
     """Packs one task's KerasHub inputs (the four `encoder_*`/`decoder_*` tensors).
 
     Args:
@@ -93,18 +93,22 @@ def pack_task(inputs: dict, examples_per_row: int) -> PackedTask:
             `decoder_token_ids`, `decoder_padding_mask`, each `[batch, length]`.
         examples_per_row: How many examples share a row (at most); the
             batch becomes `ceil(batch / examples_per_row)` rows.
+        length_multiple: The packed rows' length (encoder and decoder) is
+            rounded up to a multiple of this; the extra positions are
+            padding that no token attends to.
 
     Returns:
         A `PackedTask`.
     """
     examples_per_row = check_examples_per_row(examples_per_row)
+    length_multiple = check_length_multiple(length_multiple)
     encoder_lengths = _lengths(inputs["encoder_padding_mask"])
     decoder_lengths = _lengths(inputs["decoder_padding_mask"])
     rows, before, num_rows = _assign_rows(encoder_lengths + decoder_lengths, examples_per_row)
     encoder_ids, encoder_segments, _ = _pack(inputs["encoder_token_ids"], encoder_lengths,
-                                             rows, before, num_rows)
+                                             rows, before, num_rows, length_multiple)
     decoder_ids, decoder_segments, decoder_offsets = _pack(
-        inputs["decoder_token_ids"], decoder_lengths, rows, before, num_rows)
+        inputs["decoder_token_ids"], decoder_lengths, rows, before, num_rows, length_multiple)
     return PackedTask(
         encoder_token_ids=encoder_ids,
         decoder_token_ids=decoder_ids,
@@ -122,14 +126,26 @@ def check_examples_per_row(examples_per_row) -> int:
     Any integer type passes (a NumPy integer from a config or a tuner too);
     floats, strings and booleans do not.
     """
+    return _whole_number_at_least_1(examples_per_row, "examples_per_row")
+
+
+def _whole_number_at_least_1(value, name: str) -> int:
     try:
-        value = None if isinstance(examples_per_row, bool) else operator.index(examples_per_row)
+        number = None if isinstance(value, bool) else operator.index(value)
     except TypeError:
-        value = None
-    if value is None or value < 1:
-        raise ValueError("`examples_per_row` must be a whole number, at least 1. "
-                         f"Received: examples_per_row={examples_per_row!r}")
-    return value
+        number = None
+    if number is None or number < 1:
+        raise ValueError(f"`{name}` must be a whole number, at least 1. "
+                         f"Received: {name}={value!r}")
+    return number
+
+
+def check_length_multiple(length_multiple, name: str = "length_multiple") -> int:
+    """`length_multiple` as an `int` if it is a whole number, at least 1; else a `ValueError`.
+
+    `name` is the argument's name in the error message.
+    """
+    return _whole_number_at_least_1(length_multiple, name)
 
 
 def stack_examples(inputs: Sequence[dict]) -> dict:
@@ -147,6 +163,11 @@ def stack_examples(inputs: Sequence[dict]) -> dict:
         stacked[key] = tf.concat([tf.pad(i[key], [[0, 0], [0, width - tf.shape(i[key])[1]]])
                                   for i in inputs], axis=0)
     return stacked
+
+
+def round_up(size, multiple: int):
+    """`size` (a scalar tensor or int) rounded up to a multiple of `multiple`."""
+    return (size + multiple - 1) // multiple * multiple
 
 
 def _lengths(padding_mask):
@@ -172,12 +193,13 @@ def _assign_rows(lengths, examples_per_row: int):
     return rows, before, num_rows
 
 
-def _pack(token_ids, lengths, rows, before, num_rows):
+def _pack(token_ids, lengths, rows, before, num_rows, length_multiple=1):
     """Packed token ids `[rows, length]`, segment ids (example + 1; 0 on padding), starts."""
     starts = tf.reduce_sum(tf.where(before, lengths[None, :], 0), axis=1)
     # At least 1: a replica may get no example of a short last batch, and KerasHub's
     # attention infers a length from a reshape that an empty axis would leave ambiguous.
     length = tf.maximum(tf.reduce_max(tf.math.unsorted_segment_sum(lengths, rows, num_rows)), 1)
+    length = round_up(length, length_multiple)
     real = tf.sequence_mask(lengths, tf.shape(token_ids)[1])
     where = tf.cast(tf.where(real), tf.int32)
     examples = where[:, 0]

@@ -23,8 +23,10 @@ FAST_OPTIONS = {
                                  rematerialize=True, examples_per_row=1),
     # Packing (dss_keras.packing): 12 examples in rows of up to 4 (3 rows), 5 (3 rows, one
     # shorter) and 12 (one row), with and without rematerialisation; "joint": both tasks'
-    # 24 examples in the same rows.
+    # 24 examples in the same rows. Rows and projected tokens are rounded up to multiples
+    # of 16 (`pad_to_multiple_of`'s default) but in "exact_lengths".
     "packed_4": dict(examples_per_row=4),
+    "packed_4_exact_lengths": dict(examples_per_row=4, pad_to_multiple_of=1),
     "packed_5_remat": dict(examples_per_row=5, rematerialize=True),
     "packed_12": dict(examples_per_row=12, logits_at_targets_only=False),
     "packed_2_joint": dict(examples_per_row=2, shared_encoder_pass=True),
@@ -133,12 +135,16 @@ def test_gathering_projects_only_real_target_tokens(monkeypatch):
     assert rows[1] < w["rationale"].shape[0] * w["rationale"].shape[1]
 
 
-def test_packed_tasks_share_one_projection_of_their_real_target_tokens(monkeypatch):
-    # One product for the LM head's gradient, not one per task added up afterwards.
-    _, fast = _plain_and_fast(FAST_OPTIONS["packed_2_joint"])
+@pytest.mark.parametrize("multiple", [1, 16])
+def test_packed_tasks_share_one_projection_of_their_real_target_tokens(monkeypatch, multiple):
+    # One product for the LM head's gradient, not one per task added up afterwards; its
+    # rows rounded up to the multiple (a bounded set of shapes).
+    _, fast = _plain_and_fast(dict(FAST_OPTIONS["packed_2_joint"], pad_to_multiple_of=multiple))
     assert fast._packs_rows()
     w, rows = _projected_rows(fast, monkeypatch)
-    assert rows == [int(tf.reduce_sum(w["label"])) + int(tf.reduce_sum(w["rationale"]))]
+    real = int(tf.reduce_sum(w["label"])) + int(tf.reduce_sum(w["rationale"]))
+    assert rows == [packing.round_up(real, multiple)]
+    assert multiple == 1 or real % multiple  # the batch needs the rounding
 
 
 def test_fast_and_plain_fits_train_the_same_weights():

@@ -8,7 +8,7 @@ import tensorflow as tf
 from dss_keras import testing
 from dss_keras.data import make_dataset
 from dss_keras.model import DistillStepByStep
-from dss_keras.packing import check_examples_per_row, pack_task
+from dss_keras.packing import check_examples_per_row, pack_task, round_up
 from dss_keras.seq2seq_parts import Seq2SeqParts
 
 
@@ -34,21 +34,28 @@ def _segments(mask_rows):
     return [{tuple(np.flatnonzero(row)) for row in rows if row.any()} for rows in mask_rows]
 
 
+@pytest.mark.parametrize("length_multiple", [1, 8])
 @pytest.mark.parametrize("examples_per_row", [1, 2, 3, 4, 7, 9])
-def test_every_example_sits_whole_in_one_row_and_sees_only_itself(examples_per_row):
+def test_every_example_sits_whole_in_one_row_and_sees_only_itself(examples_per_row,
+                                                                   length_multiple):
     rng = np.random.default_rng(examples_per_row)
     encoder_lengths = rng.integers(1, 30, size=7).tolist()
     decoder_lengths = rng.integers(1, 12, size=7).tolist()
     inputs = _inputs(encoder_lengths, decoder_lengths)
-    packed = pack_task(inputs, examples_per_row)
+    packed = pack_task(inputs, examples_per_row, length_multiple)
     rows = packed.rows.numpy()
     num_rows = -(-7 // examples_per_row)
     assert packed.encoder_token_ids.shape[0] == packed.decoder_token_ids.shape[0] == num_rows
     assert np.bincount(rows, minlength=num_rows).max() <= examples_per_row
-    # No work on padding beyond each row's end: rows are as long as the longest row.
-    row_sums = np.bincount(rows, weights=encoder_lengths, minlength=num_rows)
-    assert packed.encoder_token_ids.shape[1] == row_sums.max()
-    assert packed.encoder_token_ids.shape[1] <= max(encoder_lengths) * min(examples_per_row, 7)
+    # No work on padding beyond each row's end: rows are as long as the longest row,
+    # rounded up to the multiple.
+    for side, lengths in (("encoder", encoder_lengths), ("decoder", decoder_lengths)):
+        row_sums = np.bincount(rows, weights=lengths, minlength=num_rows)
+        width = getattr(packed, f"{side}_token_ids").shape[1]
+        assert width == round_up(int(row_sums.max()), length_multiple)
+        assert width % length_multiple == 0
+    assert packed.encoder_token_ids.shape[1] <= round_up(
+        max(encoder_lengths) * min(examples_per_row, 7), length_multiple)
     for side, lengths in (("encoder", encoder_lengths), ("decoder", decoder_lengths)):
         ids = getattr(packed, f"{side}_token_ids").numpy()
         mask = getattr(packed, f"{side}_attention_mask").numpy()
@@ -110,6 +117,10 @@ def test_packing_is_only_for_t5_outside_xla_and_options_are_checked():
         with pytest.raises(ValueError, match="examples_per_row"):
             testing.tiny_model(examples_per_row=wrong)
     assert check_examples_per_row(np.int64(3)) == 3  # e.g. from a tuner or a NumPy config
+    for wrong in (0, 8.0, None):
+        with pytest.raises(ValueError, match="pad_to_multiple_of"):
+            testing.tiny_model(pad_to_multiple_of=wrong)
+    assert testing.tiny_model().pad_to_multiple_of == 16
     assert type(check_examples_per_row(np.int64(3))) is int
 
 
