@@ -63,7 +63,8 @@ PLAIN = dict(logits_at_targets_only=False, shared_encoder_pass=False, cache_toke
              fused_adam=False, bucketing=True, jit_compile=False, lm_head_std=None,
              rematerialize=False, flat_train_function=False, release_memory=False,
              bfc_allocator=False, onednn=None, examples_per_row=1, inter_op_threads=None,
-             one_pass_clip=False, malloc_arenas=None, autodiff_gelu=False, pad_to_multiple_of=16)
+             one_pass_clip=False, malloc_arenas=None, autodiff_gelu=False, pad_to_multiple_of=16,
+             autodiff_norm=False, autodiff_attention=False)
 # What `dss-keras train` and the recipes run (`dss_keras.cpu_runtime` included: oneDNN
 # kernels, TF_ENABLE_ONEDNN_OPTS=1, which pool CPU memory themselves; else the BFC allocator):
 # both tasks' examples packed four to a row, one encoder and one decoder call per step.
@@ -122,6 +123,11 @@ VARIANTS = {
     # T5's tanh-GELU differentiated op by op (its intermediates kept for the gradient), not
     # `dss_keras.activations.gelu_tanh`, which keeps only its input.
     "fast-autodiff-gelu": dict(FAST, autodiff_gelu=True),
+    # KerasHub's T5LayerNorm and T5MultiHeadAttention differentiated op by op (the norms'
+    # normalised values, attention's probabilities before and after dropout kept for the
+    # gradient), not `dss_keras.lean_t5`'s, which compute them again.
+    "fast-autodiff-norm": dict(FAST, autodiff_norm=True),
+    "fast-autodiff-attention": dict(FAST, autodiff_attention=True),
     # Packed rows and projected target tokens at their exact counts, not rounded up to a
     # multiple of 16: a new shape in nearly every op of every step (the default before).
     "fast-exact-lengths": dict(FAST, pad_to_multiple_of=1),
@@ -241,12 +247,15 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
     """
     import keras
     import numpy as np
+    from keras_hub.src.models.t5.t5_layer_norm import T5LayerNorm
+    from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
 
     from dss_keras import train_function
     from dss_keras.activations import gelu_tanh, swap_feedforward_activation
     from dss_keras.backbones import tiny_t5
     from dss_keras.config import TrainConfig
     from dss_keras.data import make_dataset
+    from dss_keras.lean_t5 import LEAN_CLASSES, swap_layer_class
     from dss_keras.model import DistillStepByStep
     from dss_keras.training import make_optimizer
 
@@ -267,6 +276,10 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
     if options["autodiff_gelu"]:
         autodiff_gelu = keras.saving.get_registered_object("keras_hub>gelu_approximate")
         swap_feedforward_activation(lm.backbone, gelu_tanh, autodiff_gelu)
+    for option, keras_hub_class in [("autodiff_norm", T5LayerNorm),
+                                    ("autodiff_attention", T5MultiHeadAttention)]:
+        if options[option]:
+            swap_layer_class(lm.backbone, LEAN_CLASSES[keras_hub_class], keras_hub_class)
     config = TrainConfig(learning_rate=5e-5, lr_schedule="linear", steps=steps,
                          adam_epsilon=1e-8, clip_global_norm=1.0, batch_size=batch_size)
     optimizer = make_optimizer(config)

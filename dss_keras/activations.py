@@ -49,10 +49,15 @@ def _gelu_tanh_keeping_input(x):
     tanh = tf.tanh(_C * x * (1.0 + _A * tf.square(x)))
 
     def gradient(upstream):
-        square = tf.square(x)
-        tanh = tf.tanh(_C * x * (1.0 + _A * square))
+        # Computed again once `upstream` arrives; without the dependency TensorFlow could
+        # run it in the forward pass and hold the result until the backward pass.
+        with tf.control_dependencies([upstream]):
+            x_now = tf.identity(x)
+        square = tf.square(x_now)
+        tanh = tf.tanh(_C * x_now * (1.0 + _A * square))
         inner_slope = _C * (1.0 + 3.0 * _A * square)
-        return upstream * (0.5 * (1.0 + tanh) + 0.5 * x * (1.0 - tf.square(tanh)) * inner_slope)
+        return upstream * (0.5 * (1.0 + tanh)
+                           + 0.5 * x_now * (1.0 - tf.square(tanh)) * inner_slope)
 
     return 0.5 * x * (1.0 + tanh), gradient
 

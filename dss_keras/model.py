@@ -11,6 +11,7 @@ from dss_keras import optimizers as _optimizers  # noqa: F401  (registers them f
 from dss_keras.activations import use_gelu_tanh
 from dss_keras.config import MODES
 from dss_keras.decoding import decoder_for
+from dss_keras.lean_t5 import use_lean_t5_layers
 from dss_keras.metrics.token_mean import TokenMean
 from dss_keras.packing import (check_examples_per_row, check_length_multiple, pack_task,
                                round_up, stack_examples)
@@ -94,7 +95,8 @@ class DistillStepByStep(keras.Model):
     its gradients are the same either way.
 
     A T5 whose feed-forward layers use KerasHub's tanh-GELU (the v1.1
-    presets) gets `dss_keras.activations.gelu_tanh` instead: the same
+    presets) gets `dss_keras.activations.gelu_tanh` instead, and its layer
+    norms and attention layers compute as `dss_keras.lean_t5` does: the same
     outputs, with fewer activations kept for the gradient.
 
     Examples:
@@ -146,6 +148,7 @@ class DistillStepByStep(keras.Model):
         self._parts = Seq2SeqParts.of(seq2seq_lm)
         if self._parts and self._parts.can_split_encoder:  # same outputs, less kept for gradients
             use_gelu_tanh(self._parts.backbone)
+            use_lean_t5_layers(self._parts.backbone)
         self.rematerialize = bool(rematerialize)
         if self.rematerialize and not (self._parts and self._parts.can_split_encoder):
             raise ValueError("`rematerialize=True` needs a T5 model (keras_hub.models."

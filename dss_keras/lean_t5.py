@@ -1,0 +1,253 @@
+"""T5 layers that keep less of the forward pass for the backward pass.
+
+Differentiated op by op, two parts of KerasHub's T5 keep tensors that are
+cheap to compute again:
+
+- The RMS layer norm (`weight * x / sqrt(mean(x^2) + epsilon)`) keeps the
+  normalised values, a tensor the size of `x`, besides `x`. `rms_norm` keeps
+  `x` and the per-token `1 / rms` and multiplies again in the backward pass.
+- Attention keeps its probabilities twice, before and after dropout, each
+  `[batch, heads, queries, keys]`: the largest activations of long rows.
+  `attend` keeps the queries, keys and values (which the projections'
+  gradients need anyway), the bias and the dropout's boolean mask, and
+  computes the probabilities again from them in the backward pass.
+
+`T5LayerNormKeepingInput` and `T5AttentionRecomputingProbabilities` are
+KerasHub's layers with those computations; `use_lean_t5_layers(backbone)`
+gives a T5 backbone's layers their class (same weights, names, configs and
+outputs), and `DistillStepByStep` does so when it wraps a T5. A saved model
+loads into KerasHub's classes and gets them again when wrapped.
+
+Examples:
+
+>>> import numpy as np, tensorflow as tf
+>>> x = tf.constant([[3.0, 4.0]])
+>>> np.round(rms_norm(x, tf.constant([1.0, 2.0]), epsilon=0.0).numpy().astype(float), 4).tolist()
+[[0.8485, 2.2627]]
+>>> backbone = keras_hub.models.T5Backbone(
+...     vocabulary_size=40, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32,
+...     key_value_dim=8)
+>>> use_lean_t5_layers(backbone)  # 7 layer norms, 3 attention layers
+10
+"""
+
+from __future__ import annotations
+
+import keras
+import keras_hub
+import tensorflow as tf
+from keras import ops
+from keras_hub.src.models.t5.t5_layer_norm import T5LayerNorm
+from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
+
+
+def rms_norm(x, weight, epsilon: float):
+    """`weight * x / sqrt(mean(x^2, last axis) + epsilon)`, keeping `x` for its gradient.
+
+    Args:
+        x: A float tensor, normalised over its last axis.
+        weight: The scale, shaped like `x`'s last axis, in `x`'s dtype.
+        epsilon: Added to the mean square.
+
+    Returns:
+        A tensor shaped like `x`.
+    """
+
+    @tf.custom_gradient
+    def norm(x, weight):
+        inverse_rms = tf.math.rsqrt(tf.reduce_mean(tf.square(x), axis=-1, keepdims=True)
+                                    + epsilon)
+
+        def gradient(upstream):
+            with tf.control_dependencies([upstream]):  # not before it is needed: see `attend`
+                normalised = x * inverse_rms
+            token_axes = tf.range(tf.rank(x) - 1)
+            weight_gradient = tf.reduce_sum(upstream * normalised, axis=token_axes)
+            scaled = upstream * weight
+            along = tf.reduce_mean(scaled * normalised, axis=-1, keepdims=True)
+            return inverse_rms * (scaled - normalised * along), weight_gradient
+
+        return weight * (x * inverse_rms), gradient
+
+    return norm(x, weight)
+
+
+def attend(query, key, value, bias, keep=None, rate: float = 0.0):
+    """T5 attention from projected heads, computing its probabilities again for the gradient.
+
+    `softmax(query . key + bias)` over the keys, dropped out where `keep` is
+    false (the kept ones scaled by `1 / (1 - rate)`, as Keras' `Dropout`
+    does), applied to `value`. No scaling by the head size: T5 folds it into
+    its query weights.
+
+    Args:
+        query: `[batch, queries, heads, head_dim]`.
+        key, value: `[batch, keys, heads, head_dim]`.
+        bias: Added to the scores; broadcastable to `[batch, heads, queries, keys]`.
+        keep: Optional boolean dropout mask, `[batch, heads, queries, keys]`.
+        rate: The dropout rate that drew `keep`.
+
+    Returns:
+        `[batch, queries, heads, head_dim]`.
+    """
+
+    def probabilities(query, key, bias):
+        scores = ops.einsum("bqnd,bknd->bnqk", query, key) + bias
+        return ops.nn.softmax(scores, axis=-1)
+
+    def dropped(tensor, scale):
+        return tensor if keep is None else tf.where(keep, tensor * scale, tf.zeros((), scale.dtype))
+
+    @tf.custom_gradient
+    def attention(query, key, value, bias):
+        scale = tf.constant(1.0 / (1.0 - rate), query.dtype)
+        output = ops.einsum("bnqk,bknd->bqnd", dropped(probabilities(query, key, bias), scale),
+                            value)
+
+        def gradient(upstream):
+            # Nothing here would otherwise wait for `upstream`: TensorFlow could compute the
+            # probabilities again as soon as the forward pass had, and hold them all along.
+            with tf.control_dependencies([upstream]):
+                weights = probabilities(query, key, bias)
+            value_gradient = tf.einsum("bnqk,bqnd->bknd", dropped(weights, scale), upstream)
+            weights_gradient = dropped(tf.einsum("bqnd,bknd->bnqk", upstream, value), scale)
+            scores_gradient = weights * (
+                weights_gradient - tf.reduce_sum(weights_gradient * weights, -1, keepdims=True))
+            query_gradient = tf.einsum("bnqk,bknd->bqnd", scores_gradient, key)
+            key_gradient = tf.einsum("bnqk,bqnd->bknd", scores_gradient, query)
+            _, bias_axes = tf.raw_ops.BroadcastGradientArgs(
+                s0=tf.shape(scores_gradient), s1=tf.shape(bias))
+            bias_gradient = tf.reshape(tf.reduce_sum(scores_gradient, bias_axes), tf.shape(bias))
+            return query_gradient, key_gradient, value_gradient, bias_gradient
+
+        return output, gradient
+
+    return attention(query, key, value, bias)
+
+
+@keras.saving.register_keras_serializable(package="dss_keras")
+class T5LayerNormKeepingInput(T5LayerNorm):
+    """KerasHub's `T5LayerNorm` computed by `rms_norm`: the same outputs and gradients.
+
+    Examples:
+
+    >>> layer = T5LayerNormKeepingInput(epsilon=1e-6)
+    >>> layer(tf.ones((2, 3, 8))).shape
+    TensorShape([2, 3, 8])
+    """
+
+    def call(self, hidden_states):
+        if keras.backend.backend() != "tensorflow":
+            return super().call(hidden_states)
+        weight = tf.cast(self.weight, hidden_states.dtype)
+        return rms_norm(hidden_states, weight, self.epsilon)
+
+
+@keras.saving.register_keras_serializable(package="dss_keras")
+class T5AttentionRecomputingProbabilities(T5MultiHeadAttention):
+    """KerasHub's `T5MultiHeadAttention`, training through `attend`: the same outputs.
+
+    Only a training call without a cache changes; inference and cached
+    decoding run KerasHub's own `call`. The dropout mask is drawn as the
+    layer's `Dropout` draws it (from its seed generator, once per call, in
+    the same shape and dtype), so the masks and the random stream stay those
+    of KerasHub's layer.
+
+    Examples:
+
+    >>> layer = T5AttentionRecomputingProbabilities(
+    ...     is_decoder=False, hidden_dim=16, key_value_dim=4, num_heads=2, dropout=0.1,
+    ...     use_relative_attention_bias=True)
+    >>> output, position_bias, cache = layer(tf.ones((2, 5, 16)), training=True)
+    >>> output.shape, position_bias.shape
+    (TensorShape([2, 5, 16]), TensorShape([1, 2, 5, 5]))
+    """
+
+    def call(self, hidden_states, mask=None, key_value_states=None, position_bias=None,
+             cache=None, cache_update_index=None, training=False):
+        if not training or cache is not None or keras.backend.backend() != "tensorflow":
+            return super().call(hidden_states, mask=mask, key_value_states=key_value_states,
+                                position_bias=position_bias, cache=cache,
+                                cache_update_index=cache_update_index, training=training)
+        batch_size = ops.shape(hidden_states)[0]
+
+        def heads(states):  # [batch, length, inner_dim] -> [batch, length, heads, head_dim]
+            return ops.reshape(states, (batch_size, -1, self.num_heads, self.key_value_dim))
+
+        source = hidden_states if key_value_states is None else key_value_states
+        query = heads(self.query_projector(hidden_states))
+        key = heads(self.key_projector(source))
+        value = heads(self.value_projector(source))
+        if position_bias is None:
+            position_bias = self._masked_position_bias(ops.shape(query)[1], ops.shape(key)[1],
+                                                       mask)
+        rate = self.dropout_layer.rate
+        keep = None
+        if rate > 0:  # the draw of KerasHub's layer: its Dropout's generator, shape and dtype
+            shape = (batch_size, self.num_heads, ops.shape(query)[1], ops.shape(key)[1])
+            uniform = keras.random.uniform(shape, dtype=query.dtype,
+                                           seed=self.dropout_layer.seed_generator)
+            keep = uniform >= rate
+        output = attend(query, key, value, ops.cast(position_bias, query.dtype), keep, rate)
+        output = ops.reshape(output, (batch_size, -1, self.inner_dim))
+        return self.output_projector(output), position_bias, cache
+
+    def _masked_position_bias(self, query_length, key_length, mask):
+        """The relative position bias (zeros without one), with masked keys at -1e9.
+
+        Without a relative bias (cross-attention) the masked part alone, one
+        row for all heads (adding zeros first changes no value).
+        """
+        if self.use_relative_attention_bias:
+            bias = self.compute_bias(query_length, key_length)
+        elif mask is None:
+            return ops.zeros((1, self.num_heads, query_length, key_length), self.compute_dtype)
+        else:
+            bias = None
+        if mask is None:
+            return bias
+        masked = (1.0 - ops.cast(mask[:, None, :, :], self.compute_dtype if bias is None
+                                 else bias.dtype)) * -1e9
+        return masked if bias is None else bias + masked
+
+
+def swap_layer_class(backbone: keras.Model, old: type, new: type) -> int:
+    """Gives every layer of `backbone` whose class is exactly `old` the class `new`.
+
+    The layers keep their weights, names and state; `new` should be a
+    subclass of `old` that computes the same values.
+
+    Args:
+        backbone: Any Keras model.
+        old: The class to replace (subclasses of it are left alone).
+        new: The class to put in its place.
+
+    Returns:
+        The number of layers changed.
+    """
+    changed = 0
+    for layer in backbone._flatten_layers(include_self=False, recursive=True):
+        if type(layer) is old:
+            layer.__class__ = new
+            changed += 1
+    return changed
+
+
+LEAN_CLASSES = {T5LayerNorm: T5LayerNormKeepingInput,
+                T5MultiHeadAttention: T5AttentionRecomputingProbabilities}
+
+
+def use_lean_t5_layers(backbone: keras.Model) -> int:
+    """Gives a T5 backbone's layer norms and attention layers their lean class.
+
+    Other backbones are left alone.
+
+    Args:
+        backbone: Any KerasHub backbone.
+
+    Returns:
+        The number of layers changed (0 when none is left to change).
+    """
+    if not isinstance(backbone, keras_hub.models.T5Backbone):
+        return 0
+    return sum(swap_layer_class(backbone, old, new) for old, new in LEAN_CLASSES.items())
