@@ -15,7 +15,8 @@ cheap to compute again:
 `T5LayerNormKeepingInput` and `T5AttentionRecomputingProbabilities` are
 KerasHub's layers with those computations; `use_lean_t5_layers(backbone)`
 gives a T5 backbone's layers their class (same weights, names, configs and
-outputs), and `DistillStepByStep` does so when it wraps a T5. A saved model
+outputs) and its tanh-GELU `dss_keras.activations.gelu_tanh`, and
+`DistillStepByStep` does so when it wraps a T5. A saved model
 loads into KerasHub's classes and gets them again when wrapped.
 
 Examples:
@@ -39,6 +40,8 @@ import tensorflow as tf
 from keras import ops
 from keras_hub.src.models.t5.t5_layer_norm import T5LayerNorm
 from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
+
+from dss_keras.activations import use_gelu_tanh
 
 
 def rms_norm(x, weight, epsilon: float):
@@ -240,14 +243,19 @@ LEAN_CLASSES = {T5LayerNorm: T5LayerNormKeepingInput,
 def use_lean_t5_layers(backbone: keras.Model) -> int:
     """Gives a T5 backbone's layer norms and attention layers their lean class.
 
-    Other backbones are left alone.
+    Its feed-forward layers' KerasHub tanh-GELU, if any, becomes
+    `gelu_tanh` (`dss_keras.activations.use_gelu_tanh`). Other backbones are
+    left alone.
 
     Args:
         backbone: Any KerasHub backbone.
 
     Returns:
-        The number of layers changed (0 when none is left to change).
+        The number of layers and feed-forward activations changed (0 when
+        none is left to change).
     """
     if not isinstance(backbone, keras_hub.models.T5Backbone):
         return 0
-    return sum(swap_layer_class(backbone, old, new) for old, new in LEAN_CLASSES.items())
+    changed = use_gelu_tanh(backbone)
+    return changed + sum(swap_layer_class(backbone, old, new)
+                         for old, new in LEAN_CLASSES.items())

@@ -8,7 +8,6 @@ import keras
 import tensorflow as tf
 
 from dss_keras import optimizers as _optimizers  # noqa: F401  (registers them for loading)
-from dss_keras.activations import use_gelu_tanh
 from dss_keras.config import MODES
 from dss_keras.decoding import decoder_for
 from dss_keras.lean_t5 import use_lean_t5_layers
@@ -83,21 +82,17 @@ class DistillStepByStep(keras.Model):
             encoder and decoder do (almost) no work on padding (T5 only,
             not under XLA; `dss_keras.packing`). The loss and gradients are
             the padded batch's; 1 turns packing off.
-        pad_to_multiple_of: With packing, round the packed rows' lengths and
-            the count of target tokens projected onto the vocabulary up to a
-            multiple of this (the extra positions count for nothing). Every
-            batch would otherwise bring new shapes, and TensorFlow's oneDNN
-            kernels cache a primitive per shape: memory that grew with each
-            step (see BENCHMARKS.md). 1 keeps the exact lengths.
+        pad_to_multiple_of: With packing, round packed rows' lengths and the
+            count of projected target tokens up to a multiple of this (extra
+            positions weigh nothing), so that few shapes, and few of oneDNN's
+            per-shape kernels, are made (BENCHMARKS.md). 1: exact lengths.
 
     With any of these options a T5 or BART model is called in pieces
     (`dss_keras.seq2seq_parts`); other models always run whole. The loss and
     its gradients are the same either way.
 
-    A T5 whose feed-forward layers use KerasHub's tanh-GELU (the v1.1
-    presets) gets `dss_keras.activations.gelu_tanh` instead, and its layer
-    norms and attention layers compute as `dss_keras.lean_t5` does: the same
-    outputs, with fewer activations kept for the gradient.
+    A T5's tanh-GELU, layer norms and attention compute as `dss_keras.lean_t5`
+    says: the same outputs, with fewer activations kept for the gradient.
 
     Examples:
 
@@ -147,7 +142,6 @@ class DistillStepByStep(keras.Model):
                                      else bool(shared_encoder_pass))
         self._parts = Seq2SeqParts.of(seq2seq_lm)
         if self._parts and self._parts.can_split_encoder:  # same outputs, less kept for gradients
-            use_gelu_tanh(self._parts.backbone)
             use_lean_t5_layers(self._parts.backbone)
         self.rematerialize = bool(rematerialize)
         if self.rematerialize and not (self._parts and self._parts.can_split_encoder):
@@ -387,7 +381,6 @@ class DistillStepByStep(keras.Model):
     def _generate_function(self, task: str):
         if task not in self._generate_functions:
             pre = self.preprocessor
-
             decoder = decoder_for(self.seq2seq_lm)
 
             @tf.function(reduce_retracing=True)
