@@ -201,17 +201,15 @@ class T5AttentionRecomputingProbabilities(T5MultiHeadAttention):
         Without a relative bias (cross-attention) the masked part alone, one
         row for all heads (adding zeros first changes no value).
         """
-        if self.use_relative_attention_bias:
-            bias = self.compute_bias(query_length, key_length)
-        elif mask is None:
-            return ops.zeros((1, self.num_heads, query_length, key_length), self.compute_dtype)
-        else:
-            bias = None
+        if not self.use_relative_attention_bias:
+            if mask is None:
+                return ops.zeros((1, self.num_heads, query_length, key_length),
+                                 self.compute_dtype)
+            return (1.0 - ops.cast(mask[:, None, :, :], self.compute_dtype)) * -1e9
+        bias = self.compute_bias(query_length, key_length)
         if mask is None:
             return bias
-        masked = (1.0 - ops.cast(mask[:, None, :, :], self.compute_dtype if bias is None
-                                 else bias.dtype)) * -1e9
-        return masked if bias is None else bias + masked
+        return bias + (1.0 - ops.cast(mask[:, None, :, :], bias.dtype)) * -1e9
 
 
 def swap_layer_class(backbone: keras.Model, old: type, new: type) -> int:
