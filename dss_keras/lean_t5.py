@@ -94,34 +94,44 @@ def attend(query, key, value, bias, keep=None, rate: float = 0.0):
         `[batch, queries, heads, head_dim]`.
     """
 
-    def probabilities(query, key, bias):
-        scores = ops.einsum("bqnd,bknd->bnqk", query, key) + bias
-        return ops.nn.softmax(scores, axis=-1)
+    def heads_first(tensor):  # [batch, length, heads, dim] <-> [batch, heads, length, dim]
+        return tf.transpose(tensor, [0, 2, 1, 3])
 
-    def dropped(tensor, scale):
-        return tensor if keep is None else tf.where(keep, tensor * scale, tf.zeros((), scale.dtype))
+    # Dropout in two halves: the mask on `[..., queries, keys]`, and `1 / (1 - rate)` on the
+    # other operand of each product, `[..., length, head_dim]`, a smaller tensor.
+    def zeroed(tensor):
+        return tensor if keep is None else tf.where(keep, tensor, tf.zeros((), tensor.dtype))
+
+    def scaled(tensor):
+        return tensor if keep is None else tensor * tf.constant(1.0 / (1.0 - rate), tensor.dtype)
 
     @tf.custom_gradient
     def attention(query, key, value, bias):
-        scale = tf.constant(1.0 / (1.0 - rate), query.dtype)
-        output = ops.einsum("bnqk,bknd->bqnd", dropped(probabilities(query, key, bias), scale),
-                            value)
+        # Heads first once, so that each product below is a batched matmul without copies.
+        query, key, value = heads_first(query), heads_first(key), heads_first(value)
+
+        def probabilities():
+            return tf.nn.softmax(tf.matmul(query, key, transpose_b=True) + bias)
+
+        output = heads_first(tf.matmul(zeroed(probabilities()), scaled(value)))
 
         def gradient(upstream):
             # Nothing here would otherwise wait for `upstream`: TensorFlow could compute the
             # probabilities again as soon as the forward pass had, and hold them all along.
             with tf.control_dependencies([upstream]):
-                weights = probabilities(query, key, bias)
-            value_gradient = tf.einsum("bnqk,bqnd->bknd", dropped(weights, scale), upstream)
-            weights_gradient = dropped(tf.einsum("bqnd,bknd->bnqk", upstream, value), scale)
+                weights = probabilities()
+            upstream = scaled(heads_first(upstream))
+            value_gradient = tf.matmul(zeroed(weights), upstream, transpose_a=True)
+            weights_gradient = zeroed(tf.matmul(upstream, value, transpose_b=True))
             scores_gradient = weights * (
                 weights_gradient - tf.reduce_sum(weights_gradient * weights, -1, keepdims=True))
-            query_gradient = tf.einsum("bnqk,bknd->bqnd", scores_gradient, key)
-            key_gradient = tf.einsum("bnqk,bqnd->bknd", scores_gradient, query)
+            query_gradient = tf.matmul(scores_gradient, key)
+            key_gradient = tf.matmul(scores_gradient, query, transpose_a=True)
             _, bias_axes = tf.raw_ops.BroadcastGradientArgs(
                 s0=tf.shape(scores_gradient), s1=tf.shape(bias))
             bias_gradient = tf.reshape(tf.reduce_sum(scores_gradient, bias_axes), tf.shape(bias))
-            return query_gradient, key_gradient, value_gradient, bias_gradient
+            return (heads_first(query_gradient), heads_first(key_gradient),
+                    heads_first(value_gradient), bias_gradient)
 
         return output, gradient
 

@@ -1,0 +1,100 @@
+"""Time of one T5 attention layer's training call and gradient: KerasHub's against dss-keras'.
+
+At the packed shapes of `train_throughput.py` (t5-v1_1-small: width 512,
+6 heads of 64, dropout 0.1; four rows of packed examples): encoder
+self-attention over 192 tokens, decoder self-attention over 80 and
+cross-attention from 80 decoder tokens to 192 encoder tokens. Each side runs
+the layer's training call and its gradient (inputs and weights) in one
+`tf.function`, with the same weights, masks and dropout draws; sides
+alternate, and the best of `--repeats` timings of 20 calls is printed.
+
+    python benchmarks/attention_step.py
+    python benchmarks/attention_step.py --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from dss_keras.cpu_runtime import use_fast_cpu_runtime  # light: imports no TensorFlow
+
+use_fast_cpu_runtime()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROWS, HIDDEN, HEADS, HEAD_DIM = 4, 512, 6, 64
+CASES = [("encoder self-attention", 192, None), ("decoder self-attention", 80, None),
+         ("cross-attention", 80, 192)]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    return p.parse_args(argv)
+
+
+def make_layer(layer_class, queries: int, keys: int | None):
+    """One case's attention layer; the same weights for either class."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return layer_class(is_decoder=queries == 80, hidden_dim=HIDDEN, key_value_dim=HEAD_DIM,
+                       num_heads=HEADS, dropout=0.1, use_relative_attention_bias=keys is None)
+
+
+def _step(layer, queries: int, keys: int | None):
+    """A `tf.function` of the layer's training call and its gradient, and its inputs."""
+    import tensorflow as tf
+
+    generator = tf.random.Generator.from_seed(0)
+    hidden = generator.normal((ROWS, queries, HIDDEN))
+    source = None if keys is None else generator.normal((ROWS, keys, HIDDEN))
+    mask = tf.ones((ROWS, queries, keys or queries), tf.bool)
+
+    @tf.function
+    def step(hidden, source, seed_state):
+        for variable in layer.non_trainable_variables:  # the same dropout draws each call
+            variable.assign(seed_state)
+        with tf.GradientTape() as tape:
+            tape.watch(hidden)
+            output, _, _ = layer(hidden, mask=mask, key_value_states=source, training=True)
+            loss = tf.reduce_sum(output * output)
+        return [tf.convert_to_tensor(g)
+                for g in tape.gradient(loss, [hidden, *layer.trainable_variables])]
+
+    return step, (hidden, source)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    import tensorflow as tf
+    from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
+
+    from dss_keras.lean_t5 import T5AttentionRecomputingProbabilities
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    print(f"one attention layer, training call and gradient, {ROWS} rows, {args.threads} threads")
+    for name, queries, keys in CASES:
+        steps = {}
+        for side in (T5MultiHeadAttention, T5AttentionRecomputingProbabilities):
+            steps[side.__name__] = _step(make_layer(side, queries, keys), queries, keys)
+        seed_state = tf.constant([1, 2], tf.int64)
+        best = {side: float("inf") for side in steps}
+        for _ in range(args.repeats):
+            for side, (step, inputs) in steps.items():
+                step(*inputs, seed_state)  # traced and warm
+                start = time.perf_counter()
+                for _ in range(20):
+                    gradients = step(*inputs, seed_state)
+                [g.numpy() for g in gradients]
+                best[side] = min(best[side], (time.perf_counter() - start) / 20)
+        keras_hub, ours = best.values()
+        print(f"  {name} ({queries} x {keys or queries}): KerasHub {keras_hub * 1e3:.2f} ms, "
+              f"dss-keras {ours * 1e3:.2f} ms, {keras_hub / ours:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
