@@ -24,8 +24,9 @@ use_fast_cpu_runtime()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 ROWS, HIDDEN, HEADS, HEAD_DIM = 4, 512, 6, 64
-CASES = [("encoder self-attention", 192, None), ("decoder self-attention", 80, None),
-         ("cross-attention", 80, 192)]
+# (name, queries, keys: None for self-attention, decoder layer)
+CASES = [("encoder self-attention", 192, None, False), ("decoder self-attention", 80, None, True),
+         ("cross-attention", 80, 192, True)]
 
 
 def parse_args(argv=None):
@@ -35,16 +36,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def make_layer(layer_class, queries: int, keys: int | None):
+def make_layer(layer_class, keys: int | None, is_decoder: bool):
     """One case's attention layer; the same weights for either class."""
     import keras
 
     keras.utils.set_random_seed(0)
-    return layer_class(is_decoder=queries == 80, hidden_dim=HIDDEN, key_value_dim=HEAD_DIM,
+    return layer_class(is_decoder=is_decoder, hidden_dim=HIDDEN, key_value_dim=HEAD_DIM,
                        num_heads=HEADS, dropout=0.1, use_relative_attention_bias=keys is None)
 
 
-def _step(layer, queries: int, keys: int | None):
+def training_step(layer, queries: int, keys: int | None):
     """A `tf.function` of the layer's training call and its gradient, and its inputs."""
     import tensorflow as tf
 
@@ -77,10 +78,9 @@ def main(argv=None) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     print(f"one attention layer, training call and gradient, {ROWS} rows, {args.threads} threads")
-    for name, queries, keys in CASES:
-        steps = {}
-        for side in (T5MultiHeadAttention, T5AttentionRecomputingProbabilities):
-            steps[side.__name__] = _step(make_layer(side, queries, keys), queries, keys)
+    for name, queries, keys, is_decoder in CASES:
+        steps = {side.__name__: training_step(make_layer(side, keys, is_decoder), queries, keys)
+                 for side in (T5MultiHeadAttention, T5AttentionRecomputingProbabilities)}
         seed_state = tf.constant([1, 2], tf.int64)
         best = {side: float("inf") for side in steps}
         for _ in range(args.repeats):
