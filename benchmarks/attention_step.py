@@ -68,30 +68,46 @@ def training_step(layer, queries: int, keys: int | None):
     return step, (hidden, source)
 
 
+def set_threads(threads: int) -> None:
+    """TensorFlow's intra-op and inter-op thread pools, both `threads` wide."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def best_times(steps: dict, repeats: int, calls: int = 20) -> dict:
+    """Per side of `steps` (`{side: (step, inputs)}`), the best mean time of `calls` calls.
+
+    The sides alternate, `repeats` times; every call draws the same dropout masks.
+    """
+    import tensorflow as tf
+
+    seed_state = tf.constant([1, 2], tf.int64)
+    best = {side: float("inf") for side in steps}
+    for _ in range(repeats):
+        for side, (step, inputs) in steps.items():
+            step(*inputs, seed_state)  # traced and warm
+            start = time.perf_counter()
+            for _ in range(calls):
+                gradients = step(*inputs, seed_state)
+            [g.numpy() for g in gradients]
+            best[side] = min(best[side], (time.perf_counter() - start) / calls)
+    return best
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    import tensorflow as tf
     from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
 
     from dss_keras.lean_t5 import T5AttentionRecomputingProbabilities
 
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    set_threads(args.threads)
     print(f"one attention layer, training call and gradient, {ROWS} rows, {args.threads} threads")
     for name, queries, keys, is_decoder in CASES:
         steps = {side.__name__: training_step(make_layer(side, keys, is_decoder), queries, keys)
                  for side in (T5MultiHeadAttention, T5AttentionRecomputingProbabilities)}
-        seed_state = tf.constant([1, 2], tf.int64)
-        best = {side: float("inf") for side in steps}
-        for _ in range(args.repeats):
-            for side, (step, inputs) in steps.items():
-                step(*inputs, seed_state)  # traced and warm
-                start = time.perf_counter()
-                for _ in range(20):
-                    gradients = step(*inputs, seed_state)
-                [g.numpy() for g in gradients]
-                best[side] = min(best[side], (time.perf_counter() - start) / 20)
-        keras_hub, ours = best.values()
+        keras_hub, ours = best_times(steps, args.repeats).values()
         print(f"  {name} ({queries} x {keys or queries}): KerasHub {keras_hub * 1e3:.2f} ms, "
               f"dss-keras {ours * 1e3:.2f} ms, {keras_hub / ours:.2f}x")
 

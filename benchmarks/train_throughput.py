@@ -64,7 +64,7 @@ PLAIN = dict(logits_at_targets_only=False, shared_encoder_pass=False, cache_toke
              rematerialize=False, flat_train_function=False, release_memory=False,
              bfc_allocator=False, onednn=None, examples_per_row=1, inter_op_threads=None,
              one_pass_clip=False, malloc_arenas=None, autodiff_gelu=False, pad_to_multiple_of=16,
-             autodiff_norm=False, autodiff_attention=False)
+             autodiff_norm=False, autodiff_attention=False, autodiff_feed_forward=False)
 # What `dss-keras train` and the recipes run (`dss_keras.cpu_runtime` included: oneDNN
 # kernels, TF_ENABLE_ONEDNN_OPTS=1, which pool CPU memory themselves; else the BFC allocator):
 # both tasks' examples packed four to a row, one encoder and one decoder call per step.
@@ -128,6 +128,10 @@ VARIANTS = {
     # gradient), not `dss_keras.lean_t5`'s, which compute them again.
     "fast-autodiff-norm": dict(FAST, autodiff_norm=True),
     "fast-autodiff-attention": dict(FAST, autodiff_attention=True),
+    # KerasHub's T5TransformerLayer: its feed-forward block differentiated op by op (the
+    # norm's output, the activation's output, the product and its dropout kept), not
+    # `dss_keras.lean_feed_forward`, which keeps the input and the two projections.
+    "fast-autodiff-feed-forward": dict(FAST, autodiff_feed_forward=True),
     # Packed rows and projected target tokens at their exact counts, not rounded up to a
     # multiple of 16: a new shape in nearly every op of every step (the default before).
     "fast-exact-lengths": dict(FAST, pad_to_multiple_of=1),
@@ -249,6 +253,7 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
     import numpy as np
     from keras_hub.src.models.t5.t5_layer_norm import T5LayerNorm
     from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
+    from keras_hub.src.models.t5.t5_transformer_layer import T5TransformerLayer
 
     from dss_keras import train_function
     from dss_keras.activations import gelu_tanh, swap_feedforward_activation
@@ -277,7 +282,8 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
         autodiff_gelu = keras.saving.get_registered_object("keras_hub>gelu_approximate")
         swap_feedforward_activation(lm.backbone, gelu_tanh, autodiff_gelu)
     for option, keras_hub_class in [("autodiff_norm", T5LayerNorm),
-                                    ("autodiff_attention", T5MultiHeadAttention)]:
+                                    ("autodiff_attention", T5MultiHeadAttention),
+                                    ("autodiff_feed_forward", T5TransformerLayer)]:
         if options[option]:
             swap_layer_class(lm.backbone, LEAN_CLASSES[keras_hub_class], keras_hub_class)
     config = TrainConfig(learning_rate=5e-5, lr_schedule="linear", steps=steps,

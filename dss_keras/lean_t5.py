@@ -1,6 +1,6 @@
 """T5 layers that keep less of the forward pass for the backward pass.
 
-Differentiated op by op, two parts of KerasHub's T5 keep tensors that are
+Differentiated op by op, three parts of KerasHub's T5 keep tensors that are
 cheap to compute again:
 
 - The RMS layer norm (`weight * x / sqrt(mean(x^2) + epsilon)`) keeps the
@@ -11,9 +11,14 @@ cheap to compute again:
   `attend` keeps the queries, keys and values (which the projections'
   gradients need anyway), the bias and the dropout's boolean mask, and
   computes the probabilities again from them in the backward pass.
+- The feed-forward block keeps its norm's output, the activation's input and
+  output, the gate and the dropped-out product. `feed_forward`
+  (`dss_keras.lean_feed_forward`) keeps the block's input and its two
+  projections, and computes the rest again.
 
-`T5LayerNormKeepingInput` and `T5AttentionRecomputingProbabilities` are
-KerasHub's layers with those computations; `use_lean_t5_layers(backbone)`
+`T5LayerNormKeepingInput`, `T5AttentionRecomputingProbabilities` and
+`T5LayerRecomputingFeedForward` are KerasHub's layers with those
+computations; `use_lean_t5_layers(backbone)`
 gives a T5 backbone's layers their class (same weights, names, configs and
 outputs) and its tanh-GELU `dss_keras.activations.gelu_tanh`, and
 `DistillStepByStep` does so when it wraps a T5. A saved model
@@ -28,8 +33,8 @@ Examples:
 >>> backbone = keras_hub.models.T5Backbone(
 ...     vocabulary_size=40, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32,
 ...     key_value_dim=8)
->>> use_lean_t5_layers(backbone)  # 7 layer norms, 3 attention layers
-10
+>>> use_lean_t5_layers(backbone)  # 7 layer norms, 3 attention layers, 2 T5 layers
+12
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ import tensorflow as tf
 from keras import ops
 from keras_hub.src.models.t5.t5_layer_norm import T5LayerNorm
 from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
+from keras_hub.src.models.t5.t5_transformer_layer import T5TransformerLayer
 
 from dss_keras.activations import use_gelu_tanh
+from dss_keras.lean_feed_forward import feed_forward
 
 
 def rms_norm(x, weight, epsilon: float):
@@ -222,6 +229,93 @@ class T5AttentionRecomputingProbabilities(T5MultiHeadAttention):
         return bias + (1.0 - ops.cast(mask[:, None, :, :], bias.dtype)) * -1e9
 
 
+@keras.saving.register_keras_serializable(package="dss_keras")
+class T5LayerRecomputingFeedForward(T5TransformerLayer):
+    """KerasHub's `T5TransformerLayer`, training its feed-forward block through `feed_forward`.
+
+    A training call without caches runs the layer's own sublayers in
+    KerasHub's order, its feed-forward block as one
+    `dss_keras.lean_feed_forward.feed_forward` (same weights, same dropout
+    draws: the inner mask from the layer's `Dropout` generator, then its outer
+    dropout). Inference, cached decoding, and blocks with biases, LoRA or
+    quantised kernels run KerasHub's own `call`.
+
+    Examples:
+
+    >>> layer = T5LayerRecomputingFeedForward(
+    ...     is_decoder=False, hidden_dim=16, intermediate_dim=32, key_value_dim=4, dropout=0.1,
+    ...     activation="relu", layer_norm_epsilon=1e-6, num_heads=2, use_gated_activation=True,
+    ...     use_relative_attention_bias=True)
+    >>> output, position_bias = layer(tf.ones((2, 5, 16)), training=True)  # builds it
+    >>> output, position_bias = layer(tf.ones((2, 5, 16)), training=True)
+    >>> output.shape, position_bias.shape
+    (TensorShape([2, 5, 16]), TensorShape([1, 2, 5, 5]))
+    """
+
+    def call(self, hidden_states, attention_mask=None, position_bias=None,
+             encoder_hidden_states=None, encoder_attention_mask=None, use_causal_mask=False,
+             self_attention_cache=None, self_attention_cache_update_index=None,
+             cross_attention_cache=None, cross_attention_cache_update_index=None,
+             training=False):
+        if (not training or self_attention_cache is not None
+                or cross_attention_cache is not None or not self._plain_feed_forward()):
+            return super().call(
+                hidden_states, attention_mask=attention_mask, position_bias=position_bias,
+                encoder_hidden_states=encoder_hidden_states,
+                encoder_attention_mask=encoder_attention_mask, use_causal_mask=use_causal_mask,
+                self_attention_cache=self_attention_cache,
+                self_attention_cache_update_index=self_attention_cache_update_index,
+                cross_attention_cache=cross_attention_cache,
+                cross_attention_cache_update_index=cross_attention_cache_update_index,
+                training=training)
+        if use_causal_mask and position_bias is None:
+            attention_mask = self._compute_self_attention_mask(hidden_states, attention_mask,
+                                                               None, None)
+        x, position_bias, _ = self.self_attention(
+            self.self_attention_layer_norm(hidden_states), mask=attention_mask,
+            position_bias=position_bias, training=True)
+        x = self.self_attention_dropout(x, training=True) + hidden_states
+        if self.is_decoder:
+            attended, _, _ = self.cross_attention(
+                self.cross_attention_layer_norm(x), key_value_states=encoder_hidden_states,
+                mask=encoder_attention_mask, training=True)
+            x = self.cross_attention_dropout(attended, training=True) + x
+        return self.dropout_layer(self._feed_forward(x), training=True) + x, position_bias
+
+    def _plain_feed_forward(self) -> bool:
+        """Whether the block is what `feed_forward` computes (no bias, LoRA or quantisation)
+        and has its weights (a layer not called yet builds them in KerasHub's call)."""
+        dense = [self.input_projector, self.output_projector]
+        if self.use_gated_activation:
+            dense.append(self.gate_projector)
+        linear = keras.activations.linear
+        return (keras.backend.backend() == "tensorflow"
+                and self.dropout_layer.noise_shape is None
+                and all(layer.built for layer in [*dense, self.layer_norm])
+                and all(not layer.use_bias and not layer.lora_enabled
+                        and not layer.quantization_mode for layer in dense)
+                and all(layer.activation is linear for layer in dense[1:]))
+
+    def _feed_forward(self, x):
+        norm = self.layer_norm
+        rate = self.dropout_layer.rate
+        keep = None
+        if rate > 0:  # the draw of the block's `Dropout`: its generator, shape and dtype
+            shape = (*ops.shape(x)[:-1], self.input_projector.units)
+            keep = keras.random.uniform(shape, dtype=x.dtype,
+                                        seed=self.dropout_layer.seed_generator) >= rate
+
+        def kernel(layer):
+            return None if layer is None else ops.cast(layer.kernel, x.dtype)
+
+        return feed_forward(
+            x, ops.cast(norm.weight, x.dtype), kernel(self.input_projector),
+            kernel(self.gate_projector if self.use_gated_activation else None),
+            kernel(self.output_projector),
+            normalize=lambda x, weight: rms_norm(x, weight, norm.epsilon),
+            activation=self.input_projector.activation, keep=keep, rate=rate)
+
+
 def swap_layer_class(backbone: keras.Model, old: type, new: type) -> int:
     """Gives every layer of `backbone` whose class is exactly `old` the class `new`.
 
@@ -245,7 +339,8 @@ def swap_layer_class(backbone: keras.Model, old: type, new: type) -> int:
 
 
 LEAN_CLASSES = {T5LayerNorm: T5LayerNormKeepingInput,
-                T5MultiHeadAttention: T5AttentionRecomputingProbabilities}
+                T5MultiHeadAttention: T5AttentionRecomputingProbabilities,
+                T5TransformerLayer: T5LayerRecomputingFeedForward}
 
 
 def use_lean_t5_layers(backbone: keras.Model) -> int:

@@ -91,8 +91,8 @@ class DistillStepByStep(keras.Model):
     (`dss_keras.seq2seq_parts`); other models always run whole. The loss and
     its gradients are the same either way.
 
-    A T5's tanh-GELU, layer norms and attention compute as `dss_keras.lean_t5`
-    says: the same outputs, with fewer activations kept for the gradient.
+    A T5's tanh-GELU, norms, attention and feed-forward blocks compute as
+    `dss_keras.lean_t5` says: the same outputs, fewer activations kept.
 
     Examples:
 

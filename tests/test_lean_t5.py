@@ -8,12 +8,15 @@ import pytest
 import tensorflow as tf
 from keras_hub.src.models.t5.t5_layer_norm import T5LayerNorm
 from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
+from keras_hub.src.models.t5.t5_transformer_layer import T5TransformerLayer
 
-from dss_keras import testing
+from dss_keras import lean_t5, testing
 from dss_keras.model import DistillStepByStep
 from dss_keras.activations import gelu_tanh
+from dss_keras.lean_feed_forward import feed_forward
 from dss_keras.lean_t5 import (T5AttentionRecomputingProbabilities, T5LayerNormKeepingInput,
-                               attend, rms_norm, use_lean_t5_layers)
+                               T5LayerRecomputingFeedForward, attend, rms_norm,
+                               use_lean_t5_layers)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -142,6 +145,88 @@ def test_recomputations_wait_for_the_upstream_gradient():
         tf.TensorSpec([1, 3, 5, 6])) == []
     assert _gradient_ops_not_waiting_for_upstream(
         gelu_tanh, tf.TensorSpec([4, 8]), tf.TensorSpec([4, 8])) == []
+    keep = tf.ones([2, 3, 8], "bool")
+    assert _gradient_ops_not_waiting_for_upstream(
+        lambda *inputs: _lean_feed_forward(*inputs, keep=keep), *_feed_forward_specs()) == []
+
+
+def _feed_forward_specs(width=4, inner=8):
+    return [tf.TensorSpec([2, 3, width]), tf.TensorSpec([2, 3, width]), tf.TensorSpec([width]),
+            tf.TensorSpec([width, inner]), tf.TensorSpec([width, inner]),
+            tf.TensorSpec([inner, width])]
+
+
+def _lean_feed_forward(x, norm_weight, input_kernel, gate_kernel, output_kernel,
+                       activation=gelu_tanh, keep=None, rate=0.25):
+    return feed_forward(x, norm_weight, input_kernel, gate_kernel, output_kernel,
+                        normalize=lambda x, w: rms_norm(x, w, 1e-6), activation=activation,
+                        keep=keep, rate=rate)
+
+
+def _op_by_op_feed_forward(x, norm_weight, input_kernel, gate_kernel, output_kernel,
+                           activation=gelu_tanh, keep=None, rate=0.25):
+    """KerasHub's block: T5LayerNorm's, Dense's and Dropout's ops."""
+    normed = norm_weight * (x * tf.math.rsqrt(tf.reduce_mean(tf.square(x), -1, keepdims=True)
+                                              + 1e-6))
+    hidden = activation(tf.matmul(normed, input_kernel))
+    if gate_kernel is not None:
+        hidden = hidden * tf.matmul(normed, gate_kernel)
+    if keep is not None:
+        hidden = tf.where(keep, hidden / (1.0 - rate), 0.0)
+    return tf.matmul(hidden, output_kernel)
+
+
+@pytest.mark.parametrize("gated", [True, False])
+@pytest.mark.parametrize("activation", [gelu_tanh, tf.nn.relu])
+@pytest.mark.parametrize("dropout", [True, False])
+def test_feed_forward_has_the_blocks_value_and_gradients(gated, activation, dropout):
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(2, 3, 4)), "float32")
+    weights = [tf.constant(rng.normal(1.0, 0.3, 4), "float32"),
+               *[tf.constant(rng.normal(size=shape), "float32")
+                 * shape[0] ** -0.5 for shape in [(4, 8), (4, 8), (8, 4)]]]
+    if not gated:
+        weights[2] = None
+    keep = tf.constant(rng.random((2, 3, 8)) > 0.25) if dropout else None
+    results = []
+    for block in (_lean_feed_forward, _op_by_op_feed_forward):
+        inputs = [x, *[w for w in weights if w is not None]]
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            y = block(x, *weights, activation=activation, keep=keep)
+            loss = tf.reduce_sum(y * tf.cos(y))  # a non-uniform upstream gradient
+        results.append([y, *tape.gradient(loss, inputs)])
+    assert len(results[0]) == (6 if gated else 5)
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _feed_forward_kept(block):
+    """Shapes of the float tensors the gradient reads that the forward pass computed."""
+    forward_ops = []
+
+    @tf.function
+    def step(upstream, x, *weights):
+        with tf.GradientTape() as tape:
+            tape.watch([x, *weights])
+            y = block(x, *weights, keep=tf.ones([2, 3, 8], "bool"))
+        forward_ops.extend(tf.compat.v1.get_default_graph().get_operations())
+        return tape.gradient(y, [x, *weights], output_gradients=upstream)
+
+    graph = step.get_concrete_function(*_feed_forward_specs()).graph
+    forward = set(forward_ops)
+    return sorted({(tensor.name, tuple(tensor.shape)) for op in graph.get_operations()
+                   if op not in forward and op.type not in ("Shape", "Const")
+                   for tensor in op.inputs if tensor.op in forward
+                   and tensor.dtype == tf.float32 and tensor.op.type != "Placeholder"},
+                  key=str)
+
+
+def test_feed_forward_keeps_only_its_two_projections_for_the_gradient():
+    op_by_op = [shape for _, shape in _feed_forward_kept(_op_by_op_feed_forward)]
+    # The norm's output; the activation's input and output, the gate, the dropped product.
+    assert op_by_op.count((2, 3, 4)) >= 1 and op_by_op.count((2, 3, 8)) >= 4
+    assert [shape for _, shape in _feed_forward_kept(_lean_feed_forward)] == [(2, 3, 8)] * 2
 
 
 def test_attention_does_not_keep_its_probabilities_for_the_gradient():
@@ -151,11 +236,11 @@ def test_attention_does_not_keep_its_probabilities_for_the_gradient():
         "AddV2"}  # the bias (relative positions and mask), one per stack, not per layer
 
 
-def _t5_backbone(dtype=None, dropout=0.1):
+def _t5_backbone(dtype=None, dropout=0.1, gated=True):
     keras.utils.set_random_seed(0)
     return keras_hub.models.T5Backbone(
         vocabulary_size=40, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
-        key_value_dim=8, dropout=dropout, use_gated_activation=True,
+        key_value_dim=8, dropout=dropout, use_gated_activation=gated,
         tie_embedding_weights=False, dtype=dtype)
 
 
@@ -201,10 +286,12 @@ def test_lean_t5_layers_leave_outputs_gradients_and_config_alone(dtype):
              if isinstance(layer, T5LayerNorm)]
     attention = [layer for layer in backbone._flatten_layers(include_self=False)
                  if isinstance(layer, T5MultiHeadAttention)]
-    assert len(norms) == 2 * 2 + 2 * 3 + 2 and len(attention) == 2 + 2 * 2
-    assert use_lean_t5_layers(backbone) == len(norms) + len(attention)
+    layers = [*backbone.encoder_transformer_layers, *backbone.decoder_transformer_layers]
+    assert len(norms) == 2 * 2 + 2 * 3 + 2 and len(attention) == 2 + 2 * 2 and len(layers) == 4
+    assert use_lean_t5_layers(backbone) == len(norms) + len(attention) + len(layers)
     assert all(type(layer) is T5LayerNormKeepingInput for layer in norms)
     assert all(type(layer) is T5AttentionRecomputingProbabilities for layer in attention)
+    assert all(type(layer) is T5LayerRecomputingFeedForward for layer in layers)
     output, gradients = _output_and_gradients(backbone)
     assert len(gradients) == len(want_gradients) > 10
     assert [g is None for g in gradients] == [g is None for g in want_gradients]
@@ -228,6 +315,30 @@ def test_lean_t5_layers_leave_outputs_gradients_and_config_alone(dtype):
             assert 0 < error <= 1.5 * keras_hub_error < 0.1, (error, keras_hub_error)
     assert backbone.get_config() == config and [v.path for v in backbone.weights] == names
     assert use_lean_t5_layers(backbone) == 0  # nothing left to change
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_t5_layers_train_their_feed_forward_block_through_feed_forward(gated, monkeypatch):
+    backbone = _t5_backbone(gated=gated)
+    want_output, want_gradients = _output_and_gradients(backbone)
+    use_lean_t5_layers(backbone)
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["keep"] is not None)
+        return feed_forward(*args, **kwargs)
+
+    monkeypatch.setattr(lean_t5, "feed_forward", counted)
+    output, gradients = _output_and_gradients(backbone)
+    assert calls == [True] * 4  # each layer's block, with its dropout mask
+    np.testing.assert_allclose(output, want_output, rtol=1e-5, atol=1e-5)
+    for got, want in zip(gradients, want_gradients):
+        if want is not None:
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    _output_and_gradients(backbone, training=False)
+    backbone.encoder_transformer_layers[0].input_projector.enable_lora(2)
+    _output_and_gradients(backbone)
+    assert len(calls) == 4 + 3  # not in inference; KerasHub's call for a block with LoRA
 
 
 def test_use_lean_t5_layers_leaves_other_backbones_alone():
@@ -269,3 +380,26 @@ def test_the_attention_benchmark_times_the_same_computation_on_both_sides():
             results.append(_flat([g.numpy() for g in step(*inputs, seed_state)]))
         keras_hub, ours = results
         assert np.linalg.norm(ours - keras_hub) <= 1e-5 * np.linalg.norm(keras_hub), name
+
+
+def test_the_feed_forward_benchmark_times_the_same_computation_on_both_sides(monkeypatch):
+    spec = importlib.util.spec_from_file_location(
+        "feed_forward_step", os.path.join(REPO, "benchmarks", "feed_forward_step.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return feed_forward(*args, **kwargs)
+
+    monkeypatch.setattr(lean_t5, "feed_forward", counted)
+    seed_state = tf.constant([1, 2], tf.int64)
+    for name, tokens, is_decoder in bench.CASES:
+        results = []
+        for side in (T5TransformerLayer, T5LayerRecomputingFeedForward):
+            step, inputs = bench.training_step(bench.make_layer(side, is_decoder), tokens)
+            results.append(_flat([g.numpy() for g in step(*inputs, seed_state)]))
+        keras_hub, ours = results
+        assert np.linalg.norm(ours - keras_hub) <= 1e-5 * np.linalg.norm(keras_hub), name
+    assert len(calls) == len(bench.CASES)  # traced once per case, through feed_forward
