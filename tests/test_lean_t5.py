@@ -350,14 +350,15 @@ def test_use_lean_t5_layers_leaves_other_backbones_alone():
 
 def _lean_kinds(backbone):
     return {type(layer) for layer in backbone._flatten_layers(include_self=False)
-            if isinstance(layer, (T5LayerNorm, T5MultiHeadAttention))}
+            if isinstance(layer, (T5LayerNorm, T5MultiHeadAttention, T5TransformerLayer))}
 
 
 def test_distill_step_by_step_puts_lean_layers_into_a_t5_again_when_loaded(tmp_path):
     model = DistillStepByStep(testing.tiny_seq2seq_lm(), max_input_length=32,
                               max_label_length=4, max_rationale_length=8)
     backbone = model.seq2seq_lm.backbone
-    lean = {T5LayerNormKeepingInput, T5AttentionRecomputingProbabilities}
+    lean = {T5LayerNormKeepingInput, T5AttentionRecomputingProbabilities,
+            T5LayerRecomputingFeedForward}
     assert _lean_kinds(backbone) == lean
     model.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras")
