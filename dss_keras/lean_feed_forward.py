@@ -5,12 +5,14 @@ A T5 layer ends with `x + dropout(wo(dropout(act(n(x) wi_0) * n(x) wi_1)))`,
 original T5 has no gate). Differentiated op by op, the block keeps for the
 backward pass `n(x)` (the input of both projections), the activation's input
 `n(x) wi_0`, both factors of the product and the dropped-out product (the
-input of `wo`): four tensors of the inner width and one of the model's.
+input of `wo`): four tensors of the inner width and one of the model's,
+besides `x` for the norm.
 `feed_forward` keeps `x`, `n(x) wi_0`, `n(x) wi_1` and the dropout's boolean
 mask, and computes the norm, the activation, the product and its dropout
 again in the backward pass: elementwise work, no matrix product more. At the
-t5-v1_1-small shape of `benchmarks/train_throughput.py` that is about 80 MB
-less kept for the backward pass (BENCHMARKS.md).
+t5-v1_1-small shape of `benchmarks/train_throughput.py` that is about 100 MB
+less kept for the backward pass and 87 MB less at the tensors' peak, at the
+same speed (BENCHMARKS.md).
 
 `dss_keras.lean_t5.T5LayerRecomputingFeedForward` is KerasHub's T5 layer
 computing its block so in training.
