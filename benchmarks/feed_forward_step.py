@@ -42,6 +42,7 @@ def parse_args(argv=None):
 def make_layer(layer_class, is_decoder: bool):
     """One case's T5 layer of `layer_class`, with lean norms and attention; same weights."""
     import keras
+    import numpy as np
     from keras_hub.src.models.t5.t5_transformer_layer import T5TransformerLayer
 
     from dss_keras.activations import gelu_tanh
@@ -52,8 +53,6 @@ def make_layer(layer_class, is_decoder: bool):
         is_decoder=is_decoder, hidden_dim=HIDDEN, intermediate_dim=INNER, key_value_dim=HEAD_DIM,
         dropout=0.1, activation=gelu_tanh, layer_norm_epsilon=1e-6, num_heads=HEADS,
         use_gated_activation=True, use_relative_attention_bias=True)
-    import numpy as np
-
     source = np.zeros((1, SOURCE, HIDDEN), "float32") if is_decoder else None
     layer(np.zeros((1, 4, HIDDEN), "float32"), encoder_hidden_states=source)  # builds it
     for old, new in LEAN_CLASSES.items():

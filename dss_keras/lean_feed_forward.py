@@ -71,7 +71,7 @@ def feed_forward(x, norm_weight, input_kernel, gate_kernel, output_kernel, *,
         scaled = tensor * tf.constant(1.0 / (1.0 - rate), tensor.dtype)
         return tf.where(keep, scaled, tf.zeros((), tensor.dtype))
 
-    def hidden(pre_activation, gate):
+    def hidden(pre_activation, gate=None):
         activated = activation(pre_activation)
         return dropped(activated if gate is None else activated * gate)
 
@@ -86,19 +86,18 @@ def feed_forward(x, norm_weight, input_kernel, gate_kernel, output_kernel, *,
     @tf.custom_gradient
     def block(x, norm_weight, input_kernel, output_kernel, *gate_kernel):
         normed = normalize(x, norm_weight)
-        pre_activation = tf.matmul(normed, input_kernel)
-        gate = tf.matmul(normed, gate_kernel[0]) if gate_kernel else None
-        output = tf.matmul(hidden(pre_activation, gate), output_kernel)
+        # The activation's input, then the gate if any: what the gradient keeps.
+        projections = [tf.matmul(normed, kernel) for kernel in [input_kernel, *gate_kernel]]
+        output = tf.matmul(hidden(*projections), output_kernel)
 
         def gradient(upstream):
             # Nothing else orders the recomputation after `upstream`: see `lean_t5.attend`.
             with tf.control_dependencies([upstream]):
                 x_now = tf.identity(x)
-                kept = [tf.identity(pre_activation)] + (
-                    [] if gate is None else [tf.identity(gate)])
+                kept = [tf.identity(projection) for projection in projections]
             with tf.GradientTape() as tape:
                 tape.watch(kept)
-                hidden_now = hidden(kept[0], kept[1] if gate_kernel else None)
+                hidden_now = hidden(*kept)
             output_kernel_gradient = kernel_gradient(hidden_now, upstream)
             hidden_gradient = tf.matmul(upstream, output_kernel, transpose_b=True)
             kept_gradients = tape.gradient(hidden_now, kept, output_gradients=hidden_gradient)
