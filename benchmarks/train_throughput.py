@@ -64,7 +64,8 @@ PLAIN = dict(logits_at_targets_only=False, shared_encoder_pass=False, cache_toke
              rematerialize=False, flat_train_function=False, release_memory=False,
              bfc_allocator=False, onednn=None, examples_per_row=1, inter_op_threads=None,
              one_pass_clip=False, malloc_arenas=None, autodiff_gelu=False, pad_to_multiple_of=16,
-             autodiff_norm=False, autodiff_attention=False, autodiff_feed_forward=False)
+             autodiff_norm=False, autodiff_attention=False, autodiff_feed_forward=False,
+             tf_cross_entropy=False, scaled_clip=False)
 # What `dss-keras train` and the recipes run (`dss_keras.cpu_runtime` included: oneDNN
 # kernels, TF_ENABLE_ONEDNN_OPTS=1, which pool CPU memory themselves; else the BFC allocator):
 # both tasks' examples packed four to a row, one encoder and one decoder call per step.
@@ -117,6 +118,9 @@ VARIANTS = {
                                        inter_op_threads=1),
     # Keras' gradient clipping (square, sum, then scale every gradient, every step).
     "fast-keras-clip": dict(FAST, one_pass_clip=False),
+    # Every gradient multiplied by the clipping factor before the fused kernel (one more
+    # read and write of each), not the factor folded into the kernel's scalars.
+    "fast-scaled-clip": dict(FAST, scaled_clip=True),
     # glibc's malloc with at most two arenas (its default is 8 per core), set before
     # TensorFlow starts its threads: less heap kept per thread, maybe more lock waits.
     "fast-arenas2": dict(FAST, malloc_arenas=2),
@@ -132,6 +136,9 @@ VARIANTS = {
     # norm's output, the activation's output, the product and its dropout kept), not
     # `dss_keras.lean_feed_forward`, which keeps the input and the two projections.
     "fast-autodiff-feed-forward": dict(FAST, autodiff_feed_forward=True),
+    # TensorFlow's fused `SparseSoftmaxCrossEntropyWithLogits` kernel for the token losses,
+    # not `dss_keras.token_cross_entropy` (the same arithmetic as separate ops).
+    "fast-tf-cross-entropy": dict(FAST, tf_cross_entropy=True),
     # Packed rows and projected target tokens at their exact counts, not rounded up to a
     # multiple of 16: a new shape in nearly every op of every step (the default before).
     "fast-exact-lengths": dict(FAST, pad_to_multiple_of=1),
@@ -251,10 +258,12 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
     """
     import keras
     import numpy as np
+    import tensorflow as tf
     from keras_hub.src.models.t5.t5_layer_norm import T5LayerNorm
     from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
     from keras_hub.src.models.t5.t5_transformer_layer import T5TransformerLayer
 
+    from dss_keras import model as model_module
     from dss_keras import train_function
     from dss_keras.activations import gelu_tanh, swap_feedforward_activation
     from dss_keras.backbones import tiny_t5
@@ -262,6 +271,7 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
     from dss_keras.data import make_dataset
     from dss_keras.lean_t5 import LEAN_CLASSES, swap_layer_class
     from dss_keras.model import DistillStepByStep
+    from dss_keras.optimizers import clip_factor
     from dss_keras.training import make_optimizer
 
     lm = tiny_t5(proto=proto, embedding_size=SHAPE["vocabulary_size"],
@@ -286,14 +296,23 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
                                     ("autodiff_feed_forward", T5TransformerLayer)]:
         if options[option]:
             swap_layer_class(lm.backbone, LEAN_CLASSES[keras_hub_class], keras_hub_class)
+    if options["tf_cross_entropy"]:  # this side's process only
+        model_module.sparse_cross_entropy = lambda logits, targets: (
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits))
     config = TrainConfig(learning_rate=5e-5, lr_schedule="linear", steps=steps,
                          adam_epsilon=1e-8, clip_global_norm=1.0, batch_size=batch_size)
     optimizer = make_optimizer(config)
     if not options["fused_adam"]:  # Keras' own AdamW update, op by op
-        optimizer.update_step = functools.partial(keras.optimizers.AdamW.update_step, optimizer)
+        optimizer._fuses = lambda variable: False
     if not options["one_pass_clip"]:  # Keras' own global-norm clipping
         optimizer._clip_gradients = functools.partial(keras.optimizers.AdamW._clip_gradients,
                                                       optimizer)
+    if options["scaled_clip"]:
+        def scaled_gradients(grads):
+            factor = clip_factor(grads, config.clip_global_norm)
+            return [None if g is None else g * tf.cast(factor, g.dtype) for g in grads]
+
+        optimizer._clip_gradients = scaled_gradients
     model.compile(optimizer=optimizer, jit_compile=options["jit_compile"])
     if not options["flat_train_function"]:  # Keras' two nested tf.functions
         model.make_train_function = functools.partial(keras.Model.make_train_function, model)

@@ -16,6 +16,7 @@ from dss_keras.packing import (check_examples_per_row, check_length_multiple, pa
                                round_up, stack_examples)
 from dss_keras.preprocessor import TASKS, MultiTaskPreprocessor
 from dss_keras.seq2seq_parts import Seq2SeqParts
+from dss_keras.token_cross_entropy import sparse_cross_entropy
 from dss_keras.train_function import flat_train_function
 
 
@@ -292,9 +293,8 @@ class DistillStepByStep(keras.Model):
     @staticmethod
     def _token_losses(logits, targets):
         """Each target token's cross-entropy, and 1.0 where the argmax is the target."""
-        logits = tf.cast(logits, "float32")
-        targets = tf.cast(targets, "int32")
-        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+        logits, targets = tf.cast(logits, "float32"), tf.cast(targets, "int32")
+        losses = sparse_cross_entropy(logits, targets)
         correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), targets), "float32")
         return losses, correct
 

@@ -39,30 +39,93 @@ def test_each_update_uses_the_learning_rate_of_its_step():
 
 
 def test_clipping_to_the_global_norm():
-    optimizer = make_optimizer(TrainConfig(clip_global_norm=1.0))
-    grads = [tf.constant([3.0, 0.0]), tf.constant([[0.0], [4.0]])]  # global norm 5
-    clipped = optimizer._clip_gradients(grads)
-    np.testing.assert_allclose(clipped[0], [0.6, 0.0], rtol=1e-6)
-    np.testing.assert_allclose(clipped[1], [[0.0], [0.8]], rtol=1e-6)
-    small = [tf.constant([0.3, 0.4])]  # norm 0.5: untouched
-    np.testing.assert_allclose(optimizer._clip_gradients(small)[0], [0.3, 0.4])
+    grads = [tf.constant([3.0, 0.0]), None, tf.constant([[0.0], [4.0]])]  # global norm 5
+    assert float(optimizers.clip_factor(grads, 1.0)) == pytest.approx(0.2)
+    assert float(optimizers.clip_factor(grads, 10.0)) == 1.0  # below the norm: untouched
+    assert make_optimizer(TrainConfig(clip_global_norm=1.0)).global_clipnorm == 1.0
     assert make_optimizer(TrainConfig()).global_clipnorm is None  # off by default
 
 
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3, np.inf])
-def test_one_pass_clipping_equals_keras_clipping(scale):
+def test_clip_factor_is_keras_clipping(scale):
     from keras.src.optimizers.base_optimizer import clip_by_global_norm
 
     rng = np.random.default_rng(0)
     grads = [tf.constant(rng.normal(size=(30, 7)).astype("float32") * scale), None,
              tf.constant(rng.normal(size=(5,)).astype("float32"))]
-    optimizer = make_optimizer(TrainConfig(clip_global_norm=1.0))
-    got = optimizer._clip_gradients(grads)
+    factor = optimizers.clip_factor(grads, 1.0)
     want = clip_by_global_norm([g for g in grads if g is not None], 1.0)
-    assert got[1] is None
-    for got_one, want_one in zip([got[0], got[2]], want):
+    for got_one, want_one in zip([grads[0] * factor, grads[2] * factor], want):
         # A gradient with an infinite norm becomes NaN, as in Keras.
         np.testing.assert_allclose(got_one, want_one, rtol=1e-6)
+
+
+def _train_both(gradient_scales, accumulation=None, weight_decay=0.0, clip=1.0):
+    """Keras' AdamW and ours from the same start on the same gradients: weights, moments."""
+    rng = np.random.default_rng(1)
+    starts = [rng.normal(size=(6, 4)).astype("float32"), rng.normal(size=(3,)).astype("float32")]
+    steps = [[rng.normal(size=s.shape).astype("float32") * scale for s in starts]
+             for scale in gradient_scales]
+    results = []
+    for cls in (keras.optimizers.AdamW, optimizers.AdamW):
+        variables = [keras.Variable(start) for start in starts]
+        optimizer = cls(learning_rate=1e-2, weight_decay=weight_decay, epsilon=1e-8,
+                        global_clipnorm=clip, gradient_accumulation_steps=accumulation)
+
+        @tf.function
+        def step(gradients):
+            optimizer.apply(gradients, variables)
+
+        for gradients in steps:
+            step([tf.constant(g) for g in gradients])
+        if cls is optimizers.AdamW:
+            moments = [(optimizer.first_moment(v), optimizer.second_moment(v)) for v in variables]
+        else:
+            moments = [(optimizer._momentums[i], optimizer._velocities[i])
+                       for i in range(len(variables))]
+        results.append(([v.numpy() for v in variables],
+                        [[np.asarray(m) for m in pair] for pair in moments]))
+    assert np.abs(results[1][0][0] - starts[0]).max() > 1e-2  # it moved
+    return results
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+@pytest.mark.parametrize("accumulation", [None, 2])
+def test_clipping_in_the_kernels_scalars_is_keras_adamw(weight_decay, accumulation):
+    # Norms far above the clip, below it and at it, in changing order.
+    scales = [30.0, 0.01, 1.0, 1000.0, 0.3, 5.0, 0.05, 200.0]
+    (want, want_moments), (got, got_moments) = _train_both(scales, accumulation, weight_decay)
+    for got_one, want_one in zip(got, want):
+        np.testing.assert_allclose(got_one, want_one, rtol=1e-5, atol=1e-6)
+    for got_pair, want_pair in zip(got_moments, want_moments):
+        for got_one, want_one in zip(got_pair, want_pair):
+            np.testing.assert_allclose(got_one, want_one, rtol=1e-4, atol=1e-12)
+
+
+def test_huge_gradients_are_clipped_without_overflow():
+    # c is about 1e-18: 1e-3 c**2 is below float32's normal range, not float64's.
+    (want, _), (got, _) = _train_both([1e17, 1e17, 1.0])
+    assert all(np.isfinite(g).all() for g in got)
+    for got_one, want_one in zip(got, want):
+        np.testing.assert_allclose(got_one, want_one, rtol=1e-5, atol=1e-6)
+
+
+def test_clipped_gradients_are_read_by_the_norm_and_the_kernel_only():
+    variable = keras.Variable(np.ones((4, 3), "float32"))
+    optimizer = optimizers.AdamW(learning_rate=0.1, global_clipnorm=1.0)
+    optimizer.build([variable])
+
+    @tf.function
+    def step(gradient):
+        optimizer.apply([gradient], [variable])
+
+    graph = step.get_concrete_function(tf.TensorSpec([4, 3], "float32")).graph
+    (gradient,) = [op for op in graph.get_operations() if op.type == "Placeholder"
+                   and op.outputs[0].shape == (4, 3)]
+    readers = {op.type for op in graph.get_operations()
+               if any(t.op is gradient for t in op.inputs)}
+    # Keras' clipping multiplies every gradient by the clipping factor, a whole-tensor op.
+    assert readers == {"L2Loss", "ResourceApplyAdam"}
 
 
 def test_sparse_gradients_are_summed_before_adam():
