@@ -65,7 +65,7 @@ PLAIN = dict(logits_at_targets_only=False, shared_encoder_pass=False, cache_toke
              bfc_allocator=False, onednn=None, examples_per_row=1, inter_op_threads=None,
              one_pass_clip=False, malloc_arenas=None, autodiff_gelu=False, pad_to_multiple_of=16,
              autodiff_norm=False, autodiff_attention=False, autodiff_feed_forward=False,
-             tf_cross_entropy=False, scaled_clip=False)
+             tf_cross_entropy=False, scaled_clip=False, glibc_mmap_threshold=False)
 # What `dss-keras train` and the recipes run (`dss_keras.cpu_runtime` included: oneDNN
 # kernels, TF_ENABLE_ONEDNN_OPTS=1, which pool CPU memory themselves; else the BFC allocator):
 # both tasks' examples packed four to a row, one encoder and one decoder call per step.
@@ -97,6 +97,9 @@ VARIANTS = {
     # or always handed back after the first step (also with malloc'd tensors).
     "fast-keras-function": dict(FAST, flat_train_function=False),
     "fast-keep-heap": dict(FAST, release_memory=False),
+    # The heap handed back after the first step, but glibc's own (rising) mmap threshold
+    # kept, not `train_function.map_large_allocations`' fixed 256 KiB.
+    "fast-glibc-mmap-threshold": dict(FAST, glibc_mmap_threshold=True),
     "fast-release-memory": dict(FAST, release_memory=True),
     # Without oneDNN's graph rewrites (TF_ENABLE_ONEDNN_OPTS=0; TensorFlow turns them on by
     # itself only on CPUs with AVX-512 VNNI, BF16 or AMX): MatMul runs in Eigen. Still
@@ -316,6 +319,8 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
     model.compile(optimizer=optimizer, jit_compile=options["jit_compile"])
     if not options["flat_train_function"]:  # Keras' two nested tf.functions
         model.make_train_function = functools.partial(keras.Model.make_train_function, model)
+    if options["glibc_mmap_threshold"]:  # this side's process only
+        train_function.map_large_allocations = lambda threshold=None: False
     if options["flat_train_function"] and options["release_memory"] is not None:
         model.train_function = train_function.flat_train_function(
             model, release_memory=options["release_memory"])

@@ -7,14 +7,18 @@ the t5-v1_1-small shape. `flat_train_function` traces the step once, inside a
 single function that reads the batch from the iterator itself.
 
 The first call also traces the step and lets TensorFlow optimise the graph;
-glibc keeps the memory those temporaries free in its heap. After the first
-step, `release_memory` hands it back with glibc's `malloc_trim`
+glibc keeps the memory those temporaries free in its heap. With
+`release_memory`, glibc maps every allocation of 256 KiB or more on its own
+during the first step, so that the large ones go back to the system as they
+are freed (`map_large_allocations()`; after it, a fixed 32 MiB, the highest
+glibc's own threshold goes, as some blocks of that size are made every step),
+and after the first step the rest is handed back with glibc's `malloc_trim`
 (`release_free_memory()`). By default this happens when TensorFlow's CPU
 tensors come from a pooled allocator (BFC or oneDNN's, as `dss-keras` sets
-up): at the t5-v1_1-small shape peak RSS fell by 24-277 MB (159 on the mean)
-at the same speed. With glibc's `malloc` for tensors the steps were 8-12% slower after the
-trim (each step faulted the heap's pages in again), so it stays off there.
-BENCHMARKS.md has the figures.
+up): at the t5-v1_1-small shape the trim took 24-277 MB (159 on the mean) off
+peak RSS and the mappings about 30 MB more, at the same speed. With glibc's `malloc` for tensors the steps were 8-12%
+slower after the trim (each step faulted the heap's pages in again), so it
+stays off there. BENCHMARKS.md has the figures.
 """
 
 from __future__ import annotations
@@ -29,12 +33,40 @@ from keras.src.backend.tensorflow.trainer import reduce_per_replica
 from dss_keras.cpu_runtime import pooled_allocator_in_effect
 
 
+M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+LARGE_ALLOCATION = 256 * 1024  # bytes, during the first step
+STEADY_LARGE_ALLOCATION = 32 * 2**20  # after it: glibc's own threshold at its highest
+
+
 @functools.cache
-def _malloc_trim():
+def _glibc_function(name: str):
     try:
-        return ctypes.CDLL(None).malloc_trim
+        return getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
         return None
+
+
+def _malloc_trim():
+    return _glibc_function("malloc_trim")
+
+
+def map_large_allocations(threshold: int = LARGE_ALLOCATION) -> bool:
+    """Has glibc map each allocation of `threshold` bytes or more on its own; False without glibc.
+
+    A block so mapped goes back to the system when it is freed. glibc starts
+    at 128 KiB but raises its threshold, up to 32 MiB, each time it frees a
+    mapped block; larger blocks then come from its heap and, freed, stay
+    resident until `release_free_memory()`. A fixed threshold keeps the large
+    temporaries of tracing and optimising the first step from adding to its
+    peak.
+
+    Examples:
+
+    >>> map_large_allocations(STEADY_LARGE_ALLOCATION) in (True, False)
+    True
+    """
+    mallopt = _glibc_function("mallopt")
+    return mallopt is not None and bool(mallopt(M_MMAP_THRESHOLD, int(threshold)))
 
 
 def release_free_memory() -> bool:
@@ -62,8 +94,9 @@ def flat_train_function(model, release_memory: bool | None = None) -> Callable:
 
     Args:
         model: A compiled Keras model.
-        release_memory: Hand the C heap's free pages back to the system once,
-            after the first step. `None` (the default): when TensorFlow's CPU
+        release_memory: Map large allocations on their own during the first
+            step, and hand the C heap's free pages back to the system once,
+            after it. `None` (the default): when TensorFlow's CPU
             tensors come from a pooled allocator, so that the steps after it
             do not fault those pages in again.
 
@@ -94,16 +127,19 @@ def flat_train_function(model, release_memory: bool | None = None) -> Callable:
 
     def train_function(iterator):
         nonlocal first_step_done, release_memory
+        if release_memory is None:
+            release_memory = pooled_allocator_in_effect()
+        if release_memory and not first_step_done:
+            map_large_allocations()
         if isinstance(iterator, (tf.data.Iterator, tf.distribute.DistributedIterator)):
             logs = step_on_iterator(iterator)
         else:
             logs = step_on_batch(next(iter(iterator)))
         if not first_step_done:  # what the first step's tracing freed, once
             first_step_done = True
-            if release_memory is None:
-                release_memory = pooled_allocator_in_effect()
             if release_memory:
                 release_free_memory()
+                map_large_allocations(STEADY_LARGE_ALLOCATION)
         return logs
 
     return train_function

@@ -110,6 +110,30 @@ def test_huge_gradients_are_clipped_without_overflow():
         np.testing.assert_allclose(got_one, want_one, rtol=1e-5, atol=1e-6)
 
 
+def test_a_weight_without_a_gradient_keeps_its_moments():
+    rng = np.random.default_rng(2)
+    starts = [rng.normal(size=(3, 2)).astype("float32"), rng.normal(size=(4,)).astype("float32")]
+    steps = [([tf.constant(rng.normal(size=s.shape).astype("float32") * scale) for s in starts],
+              both) for scale, both in [(5.0, True), (0.1, False), (3.0, True)]]
+    results = []
+    for cls in (keras.optimizers.AdamW, optimizers.AdamW):
+        variables = [keras.Variable(start) for start in starts]
+        optimizer = cls(learning_rate=1e-2, global_clipnorm=1.0)
+        for grads, both in steps:
+            optimizer.apply(grads if both else [grads[0], None], variables)
+            if not both:  # the second weight got no update: neither did its moments
+                index = optimizer._get_variable_index(variables[1])
+                moments = ((optimizer.first_moment(variables[1]),
+                            optimizer.second_moment(variables[1]))
+                           if cls is optimizers.AdamW else
+                           (optimizer._momentums[index], optimizer._velocities[index]))
+                results.append([np.asarray(m) for m in moments])
+        results.append([v.numpy() for v in variables])
+    (want_moments, want), (got_moments, got) = results[:2], results[2:]
+    for got_one, want_one in zip(got_moments + got, want_moments + want):
+        np.testing.assert_allclose(got_one, want_one, rtol=1e-5, atol=1e-7)
+
+
 def test_clipped_gradients_are_read_by_the_norm_and_the_kernel_only():
     variable = keras.Variable(np.ones((4, 3), "float32"))
     optimizer = optimizers.AdamW(learning_rate=0.1, global_clipnorm=1.0)

@@ -78,8 +78,10 @@ def test_train_on_batch_and_several_steps_per_execution():
 ])
 def test_the_heap_is_handed_back_once_after_the_first_step(monkeypatch, pooled,
                                                            release_memory, trims):
-    calls = []
+    calls, maps = [], []
     monkeypatch.setattr(train_function, "release_free_memory", lambda: calls.append(1))
+    monkeypatch.setattr(train_function, "map_large_allocations",
+                        lambda threshold=None: maps.append(threshold))
     monkeypatch.setattr(train_function, "pooled_allocator_in_effect", lambda: pooled)
     model = testing.tiny_model()
     model.compile(optimizer=keras.optimizers.AdamW(1e-3))
@@ -87,6 +89,8 @@ def test_the_heap_is_handed_back_once_after_the_first_step(monkeypatch, pooled,
         model.train_function = train_function.flat_train_function(model, release_memory)
     model.fit(_dataset(model), epochs=2, verbose=0)
     assert int(model.optimizer.iterations) > 2 and len(calls) == trims
+    # Large allocations mapped on their own during the first step, and not after it.
+    assert maps == [None, train_function.STEADY_LARGE_ALLOCATION] * trims
 
 
 # Run in a fresh Python: in a long-lived one, malloc may hand out pages that are
@@ -111,6 +115,45 @@ for block in blocks[::2]:
 before = rss()
 print(release_free_memory(), before - rss())
 """
+
+
+MAPPING_PROBE = """
+import ctypes
+from dss_keras.train_function import map_large_allocations
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+# A freed mapped block raises glibc's threshold to its size: blocks of 4 MiB then
+# come from the heap, and freed ones below a live one stay resident.
+libc.free(libc.malloc(8 * 2**20))
+mapped = map_large_allocations() if {fixed} else True
+blocks = [libc.malloc(4 * 2**20) for _ in range(40)]
+for block in blocks:
+    ctypes.memset(block, 1, 4 * 2**20)
+pin = libc.malloc(200 * 1024)  # from the heap's top, after the blocks: keeps it in use
+ctypes.memset(pin, 1, 200 * 1024)
+before = rss()
+for block in blocks:
+    libc.free(block)
+print(mapped, before - rss())
+"""
+
+
+@pytest.mark.parametrize("fixed", [True, False])
+def test_large_allocations_go_back_to_the_system_when_freed(fixed):
+    if train_function._glibc_function("mallopt") is None:
+        pytest.skip("not glibc")
+    done = subprocess.run([sys.executable, "-c", MAPPING_PROBE.format(fixed=fixed)],
+                          capture_output=True, text=True, check=True)
+    mapped, freed_mb = done.stdout.split()
+    assert mapped == "True"
+    if fixed:
+        assert float(freed_mb) > 150  # 160 MB freed, all of it handed back
+    else:
+        assert float(freed_mb) < 10  # glibc's own threshold kept them in its heap
 
 
 def test_release_free_memory_returns_freed_heap_pages():
