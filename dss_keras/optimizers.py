@@ -178,14 +178,15 @@ class AdamW(keras.optimizers.AdamW):
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         clip_factor, self._pending_clip_factor = self._pending_clip_factor, None
+        fused = [self._fuses(v) for v in trainable_variables]
         if clip_factor is not None:  # applied here to the gradients no kernel updates
-            grads = [g if self._fuses(v) else g * tf.cast(clip_factor, g.dtype)
-                     for g, v in zip(grads, trainable_variables)]
-        if not any(self._fuses(v) for v in trainable_variables):
+            grads = [g if fuses else g * tf.cast(clip_factor, g.dtype)
+                     for g, fuses in zip(grads, fused)]
+        if not any(fused):
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
         scalars = self._kernel_scalars(clip_factor, learning_rate, trainable_variables)
-        for gradient, variable in zip(grads, trainable_variables):
-            if self._fuses(variable):
+        for gradient, variable, fuses in zip(grads, trainable_variables, fused):
+            if fuses:
                 self._fused_update(gradient, variable, learning_rate, scalars)
             else:
                 super().update_step(gradient, variable, learning_rate)

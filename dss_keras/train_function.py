@@ -16,9 +16,10 @@ and after the first step the rest is handed back with glibc's `malloc_trim`
 (`release_free_memory()`). By default this happens when TensorFlow's CPU
 tensors come from a pooled allocator (BFC or oneDNN's, as `dss-keras` sets
 up): at the t5-v1_1-small shape the trim took 24-277 MB (159 on the mean) off
-peak RSS and the mappings about 30 MB more, at the same speed. With glibc's `malloc` for tensors the steps were 8-12%
-slower after the trim (each step faulted the heap's pages in again), so it
-stays off there. BENCHMARKS.md has the figures.
+peak RSS and the mappings 16-25 MB more, at the same speed. With glibc's
+`malloc` for tensors the steps were 8-12% slower after the trim (each step
+faulted the heap's pages in again), so it stays off there. BENCHMARKS.md has
+the figures.
 """
 
 from __future__ import annotations
@@ -44,10 +45,6 @@ def _glibc_function(name: str):
         return getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
         return None
-
-
-def _malloc_trim():
-    return _glibc_function("malloc_trim")
 
 
 def map_large_allocations(threshold: int = LARGE_ALLOCATION) -> bool:
@@ -77,7 +74,7 @@ def release_free_memory() -> bool:
     >>> release_free_memory() in (True, False)
     True
     """
-    trim = _malloc_trim()
+    trim = _glibc_function("malloc_trim")
     if trim is None:
         return False
     trim(0)

@@ -95,15 +95,17 @@ def test_the_heap_is_handed_back_once_after_the_first_step(monkeypatch, pooled,
 
 # Run in a fresh Python: in a long-lived one, malloc may hand out pages that are
 # already resident, and the figures say nothing.
-HEAP_PROBE = """
+PROBE_SETUP = """
 import ctypes
-from dss_keras.train_function import release_free_memory
+from dss_keras.train_function import map_large_allocations, release_free_memory
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2**20
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
+"""
+HEAP_PROBE = PROBE_SETUP + """
 blocks = []
 for _ in range(5120):  # 320 MB in 64 KiB blocks: below the mmap threshold, in the heap
     blocks.append(libc.malloc(64 * 1024))
@@ -117,15 +119,7 @@ print(release_free_memory(), before - rss())
 """
 
 
-MAPPING_PROBE = """
-import ctypes
-from dss_keras.train_function import map_large_allocations
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
-libc.free.argtypes = [ctypes.c_void_p]
+MAPPING_PROBE = PROBE_SETUP + """
 # A freed mapped block raises glibc's threshold to its size: blocks of 4 MiB then
 # come from the heap, and freed ones below a live one stay resident.
 libc.free(libc.malloc(8 * 2**20))
@@ -146,7 +140,7 @@ print(mapped, before - rss())
 def test_large_allocations_go_back_to_the_system_when_freed(fixed):
     if train_function._glibc_function("mallopt") is None:
         pytest.skip("not glibc")
-    done = subprocess.run([sys.executable, "-c", MAPPING_PROBE.format(fixed=fixed)],
+    done = subprocess.run([sys.executable, "-c", MAPPING_PROBE.replace("{fixed}", str(fixed))],
                           capture_output=True, text=True, check=True)
     mapped, freed_mb = done.stdout.split()
     assert mapped == "True"
@@ -157,7 +151,7 @@ def test_large_allocations_go_back_to_the_system_when_freed(fixed):
 
 
 def test_release_free_memory_returns_freed_heap_pages():
-    if train_function._malloc_trim() is None:
+    if train_function._glibc_function("malloc_trim") is None:
         pytest.skip("not glibc: nothing to hand back")
     done = subprocess.run([sys.executable, "-c", HEAP_PROBE], capture_output=True, text=True,
                           check=True)
