@@ -18,7 +18,7 @@ import argparse
 import os
 import time
 
-from dss_keras.cpu_runtime import use_fast_cpu_runtime  # light: imports no TensorFlow
+from dss_keras.tf_fast_path.cpu_runtime import use_fast_cpu_runtime  # light: imports no TensorFlow
 
 use_fast_cpu_runtime()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -100,7 +100,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
 
-    from dss_keras.lean_t5 import T5AttentionRecomputingProbabilities
+    from dss_keras.tf_fast_path.lean_t5 import T5AttentionRecomputingProbabilities
 
     set_threads(args.threads)
     print(f"one attention layer, training call and gradient, {ROWS} rows, {args.threads} threads")

@@ -53,7 +53,6 @@ from typing import Callable
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_DATA_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "dss_official")
 METHODS = ("standard", "distill_step_by_step")
 BUDGETS = ("equal steps", "equal compute")
 
@@ -69,7 +68,7 @@ class DatasetSpec:
     overrides: dict  # TrainConfig fields on top of the quickstart's settings
 
 
-# The quickstart's settings (`dss_keras.quickstart.quickstart_config`: the
+# The quickstart's settings (`dss_keras.quickstart.get_config`: the
 # ~0.3M-parameter T5, 2+2 layers, width 64) on its task, and the same shape
 # with longer budgets and a larger vocabulary for SVAMP and CQA.
 _RELEASE_MODEL = dict(
@@ -95,13 +94,13 @@ GRIDS = {
 def run_config(spec: DatasetSpec, method: str, fraction: float, seed: int, steps: int,
                eval_every: int, run_dir: str, data_dir: str | None = None):
     """The `TrainConfig` of one run: the quickstart's settings, the spec's, the run's."""
-    from dss_keras.quickstart import quickstart_config
+    from dss_keras.quickstart import get_config
 
     data = {"data": spec.name}
     if spec.name != "word_problems":
         data.update(data_dir=data_dir, validation_fraction=0.1)
-    return quickstart_config(
-        run_dir, **data, **spec.overrides, mode=method, train_fraction=fraction, seed=seed,
+    return get_config(
+        run_dir=run_dir, **data, **spec.overrides, mode=method, train_fraction=fraction, seed=seed,
         steps=steps, eval_every=eval_every)
 
 
@@ -386,12 +385,13 @@ def main(argv=None) -> int:
     parser.add_argument("--compute-multiplier", type=int, default=2,
                         help="standard finetuning's steps in the equal-compute budget, "
                              "as a multiple of --steps")
-    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    parser.add_argument("--data-dir", default=os.environ.get("DSS_DATA_DIR"),
+                        help="the authors' data release (default: $DSS_DATA_DIR)")
     parser.add_argument("--keep-run-dirs", action="store_true",
                         help="keep each finished run's directory (model, logs)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
-    from dss_keras.cpu_runtime import use_fast_cpu_runtime
+    from dss_keras.tf_fast_path.cpu_runtime import use_fast_cpu_runtime
     from dss_keras.quiet import quiet_tensorflow
 
     use_fast_cpu_runtime()  # as `dss-keras` runs

@@ -4,9 +4,9 @@ At the packed shapes of `train_throughput.py` (t5-v1_1-small: width 512,
 inner width 1024, gated tanh-GELU, 6 heads of 64, dropout 0.1; four rows of
 packed examples): an encoder layer over 192 tokens and a decoder layer over
 80 (cross-attending to 192). Both sides are whole T5 layers with dss-keras'
-norms and attention (`dss_keras.lean_t5`), so they differ only in the
+norms and attention (`dss_keras.tf_fast_path.lean_t5`), so they differ only in the
 feed-forward block: KerasHub's `T5TransformerLayer` differentiates it op by
-op, `T5LayerRecomputingFeedForward` runs `dss_keras.lean_feed_forward`. Each
+op, `T5LayerRecomputingFeedForward` runs `dss_keras.tf_fast_path.lean_feed_forward`. Each
 side runs the training call and its gradient (inputs and weights) in one
 `tf.function`, with the same weights and dropout draws; sides alternate, and
 the best of `--repeats` timings of 20 calls is printed.
@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from dss_keras.cpu_runtime import use_fast_cpu_runtime  # light: imports no TensorFlow
+from dss_keras.tf_fast_path.cpu_runtime import use_fast_cpu_runtime  # light: imports no TensorFlow
 
 use_fast_cpu_runtime()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -45,8 +45,8 @@ def make_layer(layer_class, is_decoder: bool):
     import numpy as np
     from keras_hub.src.models.t5.t5_transformer_layer import T5TransformerLayer
 
-    from dss_keras.activations import gelu_tanh
-    from dss_keras.lean_t5 import LEAN_CLASSES, swap_layer_class
+    from dss_keras.tf_fast_path.activations import gelu_tanh
+    from dss_keras.tf_fast_path.lean_t5 import LEAN_CLASSES, swap_layer_class
 
     keras.utils.set_random_seed(0)
     layer = T5TransformerLayer(
@@ -92,7 +92,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     from keras_hub.src.models.t5.t5_transformer_layer import T5TransformerLayer
 
-    from dss_keras.lean_t5 import T5LayerRecomputingFeedForward
+    from dss_keras.tf_fast_path.lean_t5 import T5LayerRecomputingFeedForward
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from attention_step import best_times, set_threads  # the same timing

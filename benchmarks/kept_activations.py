@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dss_keras.cpu_runtime import use_fast_cpu_runtime  # light: imports no TensorFlow
+from dss_keras.tf_fast_path.cpu_runtime import use_fast_cpu_runtime  # light: imports no TensorFlow
 from dss_keras.quiet import quiet_tensorflow
 
 use_fast_cpu_runtime()

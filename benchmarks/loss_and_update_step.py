@@ -5,7 +5,7 @@ At the t5-v1_1-small shape of `train_throughput.py`:
 - the token cross-entropy and its gradient over the step's projected target
   tokens (`--tokens`, 272: about 258 real ones rounded up to 16) and the
   vocabulary of 32,128: TensorFlow's fused `SparseSoftmaxCrossEntropyWithLogits`
-  against `dss_keras.token_cross_entropy`;
+  against `dss_keras.tf_fast_path.token_cross_entropy`;
 - the optimizer's update of the model's 77M weights with gradients clipped to
   global norm 1.0 (their norm is above it): every gradient multiplied by the
   clipping factor before `ResourceApplyAdam` (the update before) against
@@ -24,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-from dss_keras.cpu_runtime import use_fast_cpu_runtime  # light: imports no TensorFlow
+from dss_keras.tf_fast_path.cpu_runtime import use_fast_cpu_runtime  # light: imports no TensorFlow
 
 use_fast_cpu_runtime()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -43,7 +43,7 @@ def cross_entropy_steps(tokens: int, vocabulary: int) -> dict:
     """Both sides' loss-and-gradient steps on the same logits and targets."""
     import tensorflow as tf
 
-    from dss_keras.token_cross_entropy import sparse_cross_entropy
+    from dss_keras.tf_fast_path.token_cross_entropy import sparse_cross_entropy
 
     logits = tf.random.stateless_normal([tokens, vocabulary], [0, 1]) * 3.0
     targets = tf.random.stateless_uniform([tokens], [0, 2], 0, vocabulary, "int32")

@@ -4,7 +4,7 @@ Each seed runs the quickstart (`dss_keras.quickstart.run_quickstart`: the same
 data, the ~0.3M-parameter T5, 1,200 steps of batch 32, standard finetuning
 and distilling step-by-step) with another initialisation and data order, and
 the held-out exact-match accuracy of both is collected. Finished seeds are
-kept in `<out>/<seed>/`, so an interrupted run resumes.
+kept in `<out>/seed-<seed>/`, so an interrupted run resumes.
 
     python benchmarks/quickstart_seeds.py                 # seeds 0-4, ~20 min on 2 cores
     python benchmarks/quickstart_seeds.py --seeds 0,1 --steps 300
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json-out", help="write the per-seed figures here")
     args = parser.parse_args(argv)
 
-    from dss_keras.cpu_runtime import use_fast_cpu_runtime
+    from dss_keras.tf_fast_path.cpu_runtime import use_fast_cpu_runtime
     from dss_keras.quiet import quiet_tensorflow
 
     use_fast_cpu_runtime()  # as `dss-keras` runs
@@ -40,9 +40,8 @@ def main(argv=None) -> int:
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         start = time.perf_counter()
-        results = quickstart.run_quickstart(
-            os.path.join(args.out, str(seed)), verbose=0, echo=lambda _: None, seed=seed,
-            steps=args.steps, eval_every=min(400, args.steps))
+        config = quickstart.get_config(run_dir=args.out, seed=seed, steps=args.steps)
+        results = quickstart.run_quickstart(config, verbose=0, echo=lambda _: None)
         row = {"seed": seed, "wall_seconds": time.perf_counter() - start}
         for name, result in results.items():
             row[name] = result.metrics["test"]["accuracy"]

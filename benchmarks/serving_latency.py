@@ -34,7 +34,6 @@ import os
 import platform
 import tempfile
 import time
-import types
 
 import numpy as np
 
@@ -72,8 +71,8 @@ def main(argv=None) -> dict:
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
     texts = make_texts(args.requests + args.batch_size * args.batches)
-    lm, preprocessor = build_keras_model(args)
-    model = types.SimpleNamespace(seq2seq_lm=lm, preprocessor=preprocessor, name="bench")
+    model = build_keras_model(args)
+    preprocessor = model.preprocessor
     started = time.perf_counter()
     from dss_keras import export
 
@@ -141,8 +140,10 @@ def make_texts(count: int) -> list[str]:
 
 
 def build_keras_model(args):
+    """The model `dss-keras train` builds (`training.build_model`), around a T5 of `args`' shape."""
     from dss_keras import backbones, testing
-    from dss_keras.preprocessor import MultiTaskPreprocessor
+    from dss_keras.config import TrainConfig
+    from dss_keras.training import build_model
 
     # The toy vocabulary is small; the model's output layer has the full
     # vocabulary size, and ids the tokenizer lacks are dropped when detokenizing.
@@ -157,13 +158,9 @@ def build_keras_model(args):
         dropout=0.0,
         seed=args.seed,
     )
-    preprocessor = MultiTaskPreprocessor.from_seq2seq_lm(
-        lm,
-        max_input_length=args.input_length,
-        max_label_length=args.label_length,
-        max_rationale_length=args.rationale_length,
-    )
-    return lm, preprocessor
+    config = TrainConfig(max_input_length=args.input_length, max_label_length=args.label_length,
+                         max_rationale_length=args.rationale_length, seed=args.seed)
+    return build_model(config, [], None, seq2seq_lm=lm)
 
 
 def build_torch_peer(args, threads: int, preprocessor, requests: list):

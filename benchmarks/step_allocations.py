@@ -7,7 +7,7 @@ along the step, the moment they peak, and the tensors allocated during the
 step that are still alive then, summed by the op that made them. Memory held
 before the step (weights, optimizer moments) is counted in the bytes in use
 but not listed. TensorFlow's pooled CPU allocator reports these events, and
-the script turns it on as `dss-keras` does (`dss_keras.cpu_runtime`).
+the script turns it on as `dss-keras` does (`dss_keras.tf_fast_path.cpu_runtime`).
 
     python benchmarks/step_allocations.py
     python benchmarks/step_allocations.py --step 5 --top 20 --bf16
@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dss_keras.cpu_runtime import use_fast_cpu_runtime  # light: imports no TensorFlow
+from dss_keras.tf_fast_path.cpu_runtime import use_fast_cpu_runtime  # light: imports no TensorFlow
 from dss_keras.quiet import quiet_tensorflow
 
 use_fast_cpu_runtime()

@@ -4,7 +4,7 @@ Trains the shape and data of `train_throughput.py` (t5-v1_1-small shape, CQA,
 batch 8, the fast path) and prints, after each phase, the process' resident
 memory (RSS, now and peak) and what TensorFlow's tensors hold (now and peak).
 TensorFlow reports the latter only with a pooled CPU allocator, which the
-script turns on as `dss-keras` does (`dss_keras.cpu_runtime`: oneDNN kernels,
+script turns on as `dss-keras` does (`dss_keras.tf_fast_path.cpu_runtime`: oneDNN kernels,
 else the BFC allocator). With `--torch-python`, it also prints the RSS of
 importing the authors' PyTorch stack, for comparison.
 
@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from dss_keras.cpu_runtime import use_fast_cpu_runtime  # light: imports no TensorFlow
+from dss_keras.tf_fast_path.cpu_runtime import use_fast_cpu_runtime  # light: imports no TensorFlow
 
 POOLED_ALLOCATOR = use_fast_cpu_runtime()["pooled_allocator"]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -21,11 +21,11 @@ Sides:
   speed option off; `fast-<x>` is `fast` with one option changed and the
   others are `plain` plus one option, so that each is measured alone.
 
-    python benchmarks/train_throughput.py --official ../shared/peers/distilling-step-by-step
+    python benchmarks/train_throughput.py --official PATH_TO_AUTHORS_CODE
     python benchmarks/train_throughput.py --steps 10 --variants fast --skip-reference
-    python benchmarks/train_throughput.py --official ../shared/peers/distilling-step-by-step \
+    python benchmarks/train_throughput.py --official PATH_TO_AUTHORS_CODE \
         --rounds 3 --skip-reference --variants fast
-    python benchmarks/train_throughput.py --official ../shared/peers/distilling-step-by-step \
+    python benchmarks/train_throughput.py --official PATH_TO_AUTHORS_CODE \
         --bf16 --skip-reference --variants fast
 
 With `--bf16` both sides train in bfloat16 mixed precision (the authors' own
@@ -55,7 +55,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "dss_official"
 MAX_LENGTH = 256  # the authors cut inputs (max_input_length) and targets (256) here
 SHAPE = dict(vocabulary_size=32128, num_layers=8, num_heads=6, hidden_dim=512,
              intermediate_dim=1024, key_value_dim=64, dropout=0.1)
@@ -66,14 +65,14 @@ PLAIN = dict(logits_at_targets_only=False, shared_encoder_pass=False, cache_toke
              one_pass_clip=False, malloc_arenas=None, autodiff_gelu=False, pad_to_multiple_of=16,
              autodiff_norm=False, autodiff_attention=False, autodiff_feed_forward=False,
              tf_cross_entropy=False, scaled_clip=False, glibc_mmap_threshold=False)
-# What `dss-keras train` and the recipes run (`dss_keras.cpu_runtime` included: oneDNN
+# What `dss-keras train` and the recipes run (`dss_keras.tf_fast_path.cpu_runtime` included: oneDNN
 # kernels, TF_ENABLE_ONEDNN_OPTS=1, which pool CPU memory themselves; else the BFC allocator):
 # both tasks' examples packed four to a row, one encoder and one decoder call per step.
 # After the first step glibc's free heap goes back to the system, as the tensors are
 # pooled (`release_memory=None`: `flat_train_function`'s default).
 FAST = dict(PLAIN, logits_at_targets_only=True, fused_adam=True, flat_train_function=True,
             release_memory=None, bfc_allocator=True, onednn=True, examples_per_row=4,
-            shared_encoder_pass=True, one_pass_clip=True)
+            shared_encoder_pass=None, one_pass_clip=True, jit_compile="auto")
 VARIANTS = {
     "fast": FAST,
     "plain": PLAIN,
@@ -108,7 +107,7 @@ VARIANTS = {
     # Neither: Eigen, and malloc for every CPU tensor, so each step's large tensors are
     # page-faulted in again (`fast` on an AVX2 CPU before either was the default).
     "fast-eigen-malloc": dict(FAST, onednn=False, bfc_allocator=False),
-    # Packing (`dss_keras.packing`): `fast` without it (the default before packing), with
+    # Packing (`dss_keras.tf_fast_path.packing`): `fast` without it (the default before packing), with
     # other row sizes, and with each task packed apart (two encoder and decoder calls).
     "fast-unpacked": dict(FAST, examples_per_row=1, shared_encoder_pass=False),
     "fast-pack2": dict(FAST, examples_per_row=2),
@@ -128,19 +127,19 @@ VARIANTS = {
     # TensorFlow starts its threads: less heap kept per thread, maybe more lock waits.
     "fast-arenas2": dict(FAST, malloc_arenas=2),
     # T5's tanh-GELU differentiated op by op (its intermediates kept for the gradient), not
-    # `dss_keras.activations.gelu_tanh`, which keeps only its input.
+    # `dss_keras.tf_fast_path.activations.gelu_tanh`, which keeps only its input.
     "fast-autodiff-gelu": dict(FAST, autodiff_gelu=True),
     # KerasHub's T5LayerNorm and T5MultiHeadAttention differentiated op by op (the norms'
     # normalised values, attention's probabilities before and after dropout kept for the
-    # gradient), not `dss_keras.lean_t5`'s, which compute them again.
+    # gradient), not `dss_keras.tf_fast_path.lean_t5`'s, which compute them again.
     "fast-autodiff-norm": dict(FAST, autodiff_norm=True),
     "fast-autodiff-attention": dict(FAST, autodiff_attention=True),
     # KerasHub's T5TransformerLayer: its feed-forward block differentiated op by op (the
     # norm's output, the activation's output, the product and its dropout kept), not
-    # `dss_keras.lean_feed_forward`, which keeps the input and the two projections.
+    # `dss_keras.tf_fast_path.lean_feed_forward`, which keeps the input and the two projections.
     "fast-autodiff-feed-forward": dict(FAST, autodiff_feed_forward=True),
     # TensorFlow's fused `SparseSoftmaxCrossEntropyWithLogits` kernel for the token losses,
-    # not `dss_keras.token_cross_entropy` (the same arithmetic as separate ops).
+    # not `dss_keras.tf_fast_path.token_cross_entropy` (the same arithmetic as separate ops).
     "fast-tf-cross-entropy": dict(FAST, tf_cross_entropy=True),
     # Packed rows and projected target tokens at their exact counts, not rounded up to a
     # multiple of 16: a new shape in nearly every op of every step (the default before).
@@ -155,7 +154,7 @@ TOKEN_KEYS = ("input_real", "input_padded", "target_real", "target_padded")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default=os.environ.get("DSS_DATA_DIR", str(DEFAULT_DATA)),
+    p.add_argument("--data-dir", default=os.environ.get("DSS_DATA_DIR"),
                    help="the release layout (cqa/cqa_train.json, cqa/llm/...)")
     p.add_argument("--official", metavar="DIR",
                    help="the authors' code with run_official.sh, run as the `official` side")
@@ -198,17 +197,16 @@ def load_inputs(data_dir: str | None = None) -> tuple[list, bytes]:
 
 
 def prepare_inputs(args, workdir: Path) -> tuple[Path, Path]:
-    """All CQA train records with a rationale, as JSONL, and a SentencePiece model."""
-    from dss_keras.backbones import train_sentencepiece
+    """All CQA train records with a rationale, as JSONL, and their vocabulary of 8,000 pieces."""
     from dss_keras.data.official import load_official
     from dss_keras.data.records import write_jsonl
+    from dss_keras.vocabulary import train_vocabulary
 
+    if not args.data_dir:
+        raise SystemExit("Name the authors' data release: --data-dir PATH or DSS_DATA_DIR=PATH.")
     records = [r for r in load_official("cqa", args.data_dir, "train") if r.rationale]
-    texts = []
-    for r in records:
-        texts += [r.input, r.label, r.rationale, "predict: explain:"]
     spm = workdir / "spm.model"
-    spm.write_bytes(train_sentencepiece(texts, vocabulary_size=8000))
+    spm.write_bytes(train_vocabulary(records, vocabulary_size=8000))
     path = workdir / "records.jsonl"
     write_jsonl(records, path)
     return path, spm
@@ -224,7 +222,7 @@ def _counting(dataset, counts: list, examples_per_row: int = 1, joint: bool = Fa
     """
     import tensorflow as tf
 
-    from dss_keras.packing import pack_task, stack_examples
+    from dss_keras.tf_fast_path.packing import pack_task, stack_examples
 
     def note(*values):
         counts.append([int(v) for v in values])
@@ -253,11 +251,31 @@ def _counting(dataset, counts: list, examples_per_row: int = 1, joint: bool = Fa
     return dataset.map(count)
 
 
+# The variant options that are `DistillStepByStep` arguments, not `TrainConfig` fields.
+MODEL_OPTIONS = ("logits_at_targets_only", "shared_encoder_pass", "pad_to_multiple_of")
+
+
+def benchmark_config(options: dict, steps: int, batch_size: int, bf16: bool = False):
+    """The `TrainConfig` of a side: the authors' optimizer and budgets, the variant's fields."""
+    from dss_keras.config import TrainConfig
+
+    return TrainConfig(
+        learning_rate=5e-5, lr_schedule="linear", steps=steps, adam_epsilon=1e-8,
+        clip_global_norm=1.0, batch_size=batch_size, max_input_length=MAX_LENGTH,
+        max_label_length=MAX_LENGTH, max_rationale_length=MAX_LENGTH,
+        rematerialize=options["rematerialize"], examples_per_row=options["examples_per_row"],
+        jit_compile=str(options["jit_compile"]).lower(),  # "auto": XLA on GPUs only
+        dtype_policy="mixed_bfloat16" if bf16 else "float32")
+
+
 def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: int,
                   bf16: bool = False):
     """The benchmark's model (compiled) and training dataset for one variant's options.
 
-    With `bf16` the backbone computes in bfloat16 (Keras' `mixed_bfloat16` policy).
+    The model comes from `dss_keras.training.build_model`, the function `dss-keras
+    train` builds its models with, around a T5 of the benchmark's shape; `fast` changes
+    nothing of it (`tests/test_train_throughput_report.py`). With `bf16` the backbone
+    computes in bfloat16 (Keras' `mixed_bfloat16` policy).
     """
     import keras
     import numpy as np
@@ -266,45 +284,36 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
     from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
     from keras_hub.src.models.t5.t5_transformer_layer import T5TransformerLayer
 
-    from dss_keras import model as model_module
-    from dss_keras import train_function
-    from dss_keras.activations import gelu_tanh, swap_feedforward_activation
     from dss_keras.backbones import tiny_t5
-    from dss_keras.config import TrainConfig
     from dss_keras.data import make_dataset
-    from dss_keras.lean_t5 import LEAN_CLASSES, swap_layer_class
-    from dss_keras.model import DistillStepByStep
     from dss_keras.optimizers import clip_factor
-    from dss_keras.training import make_optimizer
+    from dss_keras.tf_fast_path import task_losses, train_function
+    from dss_keras.tf_fast_path.activations import (gelu_tanh, keras_hub_gelu_tanh,
+                                                    swap_feedforward_activation)
+    from dss_keras.tf_fast_path.lean_t5 import LEAN_CLASSES, swap_layer_class
+    from dss_keras.training import build_model
 
+    config = benchmark_config(options, steps, batch_size, bf16)
     lm = tiny_t5(proto=proto, embedding_size=SHAPE["vocabulary_size"],
-                 dtype="mixed_bfloat16" if bf16 else None,
+                 dtype=None if config.dtype_policy == "float32" else config.dtype_policy,
                  **{k: v for k, v in SHAPE.items() if k != "vocabulary_size"})
     if options["lm_head_std"]:
         head = lm.backbone.token_embedding.reverse_embeddings
         head.assign(np.random.default_rng(0).normal(
             0.0, options["lm_head_std"], head.shape).astype("float32"))
-    model = DistillStepByStep(
-        lm, alpha=0.5, max_input_length=MAX_LENGTH, max_label_length=MAX_LENGTH,
-        max_rationale_length=MAX_LENGTH,
-        logits_at_targets_only=options["logits_at_targets_only"],
-        shared_encoder_pass=options["shared_encoder_pass"],
-        rematerialize=options["rematerialize"], examples_per_row=options["examples_per_row"],
-        pad_to_multiple_of=options["pad_to_multiple_of"])
+    model = build_model(config, records, None, seq2seq_lm=lm, **{
+        name: options[name] for name in MODEL_OPTIONS if options[name] != FAST[name]})
     if options["autodiff_gelu"]:
-        autodiff_gelu = keras.saving.get_registered_object("keras_hub>gelu_approximate")
-        swap_feedforward_activation(lm.backbone, gelu_tanh, autodiff_gelu)
+        swap_feedforward_activation(lm.backbone, gelu_tanh, keras_hub_gelu_tanh())
     for option, keras_hub_class in [("autodiff_norm", T5LayerNorm),
                                     ("autodiff_attention", T5MultiHeadAttention),
                                     ("autodiff_feed_forward", T5TransformerLayer)]:
         if options[option]:
             swap_layer_class(lm.backbone, LEAN_CLASSES[keras_hub_class], keras_hub_class)
     if options["tf_cross_entropy"]:  # this side's process only
-        model_module.sparse_cross_entropy = lambda logits, targets: (
+        task_losses.sparse_cross_entropy = lambda logits, targets: (
             tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits))
-    config = TrainConfig(learning_rate=5e-5, lr_schedule="linear", steps=steps,
-                         adam_epsilon=1e-8, clip_global_norm=1.0, batch_size=batch_size)
-    optimizer = make_optimizer(config)
+    optimizer = model.optimizer
     if not options["fused_adam"]:  # Keras' own AdamW update, op by op
         optimizer._fuses = lambda variable: False
     if not options["one_pass_clip"]:  # Keras' own global-norm clipping
@@ -316,7 +325,6 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
             return [None if g is None else g * tf.cast(factor, g.dtype) for g in grads]
 
         optimizer._clip_gradients = scaled_gradients
-    model.compile(optimizer=optimizer, jit_compile=options["jit_compile"])
     if not options["flat_train_function"]:  # Keras' two nested tf.functions
         model.make_train_function = functools.partial(keras.Model.make_train_function, model)
     if options["glibc_mmap_threshold"]:  # this side's process only
@@ -328,7 +336,7 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
         records, model.preprocessor, batch_size=batch_size,
         seed=0, repeat=True, drop_remainder=True,
         bucket_boundaries={True: None, False: [], "narrow": NARROW_BUCKETS}[options["bucketing"]],
-        cache_tokens=options["cache_tokens"], bounded_shapes=options["jit_compile"],
+        cache_tokens=options["cache_tokens"], bounded_shapes=bool(model.jit_compile),
     )
     return model, dataset
 
@@ -343,14 +351,16 @@ def run_keras(args) -> dict:
             raise RuntimeError("glibc refused mallopt(M_ARENA_MAX)")
     if options["onednn"] is not None:
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if options["onednn"] else "0"
+    from dss_keras import use_fast_cpu_runtime
     from dss_keras.quiet import quiet_tensorflow
 
+    use_fast_cpu_runtime()  # as `dss-keras train` does; the variables set above win
     quiet_tensorflow()  # no C++ log lines from TensorFlow's import in the report
     import keras
     import numpy as np
     import tensorflow as tf
 
-    from dss_keras.cpu_runtime import onednn_in_effect
+    from dss_keras.tf_fast_path.cpu_runtime import onednn_in_effect
     from dss_keras.data.records import read_jsonl
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)

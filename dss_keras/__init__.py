@@ -5,10 +5,10 @@ Train a small seq2seq model on an LLM's labels and rationales:
 ```python
 import dss_keras
 
-dss_keras.use_fast_cpu_runtime()  # optional: oneDNN and pooled memory on any CPU
+dss_keras.use_fast_cpu_runtime()  # optional, before Keras loads: faster CPU training
 splits = dss_keras.data.load("word_problems")
-model = dss_keras.DistillStepByStep(dss_keras.backbones.tiny_t5(
-    [r.input for r in splits.train] + [r.rationale for r in splits.train]))
+vocabulary = dss_keras.vocabulary.train_vocabulary(splits.train, vocabulary_size=400)
+model = dss_keras.DistillStepByStep(dss_keras.backbones.tiny_t5(proto=vocabulary))
 model.compile(optimizer="adamw")
 dataset, report = dss_keras.data.make_dataset(splits.train, model.preprocessor)
 model.fit(dataset, epochs=1)
@@ -17,7 +17,8 @@ model.predict_labels(["Dee has 10 rocks. Then Dee lends 5 to Gus. "
 ```
 
 Importing the package is light: TensorFlow, Keras and KerasHub load with the
-first attribute that needs them, so the CLI can quiet them first.
+first attribute that needs them, so the CLI can quiet them first. The package
+changes no process-wide setting unless asked (`use_fast_cpu_runtime`).
 """
 
 __version__ = "0.1.0"
@@ -29,10 +30,11 @@ _ATTRIBUTES = {
     "TokenMean": "dss_keras.metrics",
     "MultiTaskPreprocessor": "dss_keras.preprocessor",
     "TrainConfig": "dss_keras.config",
-    "use_fast_cpu_runtime": "dss_keras.cpu_runtime",
+    "use_fast_cpu_runtime": "dss_keras.tf_fast_path.cpu_runtime",
 }
 _SUBMODULES = ("backbones", "data", "evaluation", "experiments", "export", "metrics",
-               "quickstart", "testing", "training", "tuning")
+               "optimizers", "quickstart", "teacher", "testing", "training", "tuning",
+               "vocabulary")
 
 
 def __getattr__(name):

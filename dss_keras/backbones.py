@@ -4,15 +4,14 @@ Three ways to get a `keras_hub.models.Seq2SeqLM`:
 
 - `from_preset("t5_1.1_base")`: a KerasHub preset name (downloaded once and
   cached by KerasHub) or a local preset directory;
-- `tiny_t5(texts)`: a small, randomly initialised T5 v1.1 with a
-  SentencePiece vocabulary trained on the fly from `texts` (quickstart, tests
-  and from-scratch experiments);
+- `tiny_t5(proto=...)`: a small, randomly initialised T5 v1.1 on a
+  SentencePiece vocabulary (`dss_keras.vocabulary.train_vocabulary` trains one
+  on the fly; quickstart, tests and from-scratch experiments);
 - any `Seq2SeqLM` you build yourself (T5, BART, ...).
 """
 
 from __future__ import annotations
 
-import io
 import os
 import random
 from typing import Iterable
@@ -25,67 +24,11 @@ from keras.src.random import seed_generator
 from keras.src.utils import rng_utils
 from tensorflow.python.eager import context as tf_context
 
-from dss_keras.activations import gelu_tanh
+from dss_keras.tf_fast_path.activations import gelu_tanh
+from dss_keras.vocabulary import train_sentencepiece
 
 # The student sizes of the paper (T5 v1.1), as KerasHub preset names.
 PAPER_PRESETS = ("t5_1.1_small", "t5_1.1_base", "t5_1.1_large", "t5_1.1_xxl")
-
-
-def train_sentencepiece(
-    texts: Iterable[str],
-    vocabulary_size: int = 1000,
-    model_type: str = "bpe",
-    split_digits: bool = True,
-) -> bytes:
-    """Trains a SentencePiece model with T5's special ids and returns its bytes.
-
-    The ids follow T5: pad 0, end-of-sequence 1, unknown 2, no
-    beginning-of-sequence token. Digits are split into single tokens by
-    default, which suits numbers and arithmetic.
-
-    Args:
-        texts: The training sentences.
-        vocabulary_size: The number of pieces, special tokens included.
-        model_type: `"bpe"` or `"unigram"`.
-        split_digits: Whether every digit is a token of its own.
-
-    Returns:
-        The serialized SentencePiece model, for `keras_hub.models.T5Tokenizer`.
-
-    Examples:
-
-    >>> proto = train_sentencepiece(["one two three", "four five six"] * 20,
-    ...                             vocabulary_size=30)
-    >>> tokenizer = keras_hub.models.T5Tokenizer(proto=proto)
-    >>> tokenizer.pad_token_id, tokenizer.end_token_id
-    (0, 1)
-    """
-    import sentencepiece as spm
-
-    texts = [t for t in texts if t]
-    if not texts:
-        raise ValueError("Cannot train a vocabulary on no text. Received: texts=[]")
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts),
-        model_writer=model,
-        vocab_size=vocabulary_size,
-        model_type=model_type,
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        pad_piece="<pad>",
-        eos_piece="</s>",
-        unk_piece="<unk>",
-        split_digits=split_digits,
-        character_coverage=1.0,
-        byte_fallback=False,
-        hard_vocab_limit=False,
-        num_threads=1,
-        minloglevel=2,
-    )
-    return model.getvalue()
 
 
 def tiny_t5(

@@ -20,7 +20,7 @@ Each subcommand parses its flags and calls one library function. `train`,
 `tune` and the recipes take their run settings from `TrainConfig.add_flags`,
 so a flag means the same everywhere. TensorFlow's C++ logs are off unless
 `--verbose` is given, and its pooled CPU allocator and oneDNN kernels are on unless the
-environment says otherwise (`dss_keras.cpu_runtime`).
+environment says otherwise (`dss_keras.tf_fast_path.cpu_runtime`).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from dss_keras.config import (
     SEARCHES,
     TUNED_FIELDS,
     TrainConfig,
+    check_applicable,
 )
 
 
@@ -59,11 +60,10 @@ def _config(args) -> TrainConfig:
 
 
 def _train(args) -> int:
-    from dss_keras.training import train
+    from dss_keras.training import summary, train
 
     result = train(_config(args))
-    print(json.dumps({k: result.metrics[k] for k in ("validation", "test") if k in result.metrics},
-                     indent=2))
+    print(summary(result.metrics))
     print(f"Run saved in {result.run_dir}")
     return 0
 
@@ -79,13 +79,23 @@ def _load_model(run_dir: str):
     return keras.models.load_model(path)
 
 
+def _run_metric(run_dir: str) -> str:
+    """The metric a run was trained with (its config.json), else exact match."""
+    path = os.path.join(os.path.dirname(run_dir) if run_dir.endswith(".keras") else run_dir,
+                        "config.json")
+    if not os.path.exists(path):
+        return "exact_match"
+    return TrainConfig.load(path).metric
+
+
 def _evaluate(args) -> int:
     from dss_keras.data.records import read_records
     from dss_keras.evaluation import evaluate_labels
 
+    metric = args.metric or _run_metric(args.run_dir)
     model = _load_model(args.run_dir)
-    result = evaluate_labels(model, read_records(args.file), args.metric, args.batch_size)
-    print(json.dumps(result.to_dict(), indent=2))
+    result = evaluate_labels(model, read_records(args.file), metric, args.batch_size)
+    print(json.dumps({"metric": metric, **result.to_dict()}, indent=2))
     return 0
 
 
@@ -205,8 +215,9 @@ def _add_model_commands(commands) -> None:
     evaluate = _add_command(commands, "evaluate", help="label accuracy of a trained run")
     evaluate.add_argument("run_dir", help="run directory (or a .keras file)")
     evaluate.add_argument("--file", required=True, help="records (.jsonl or .csv)")
-    evaluate.add_argument("--metric", default="exact_match",
-                          help="exact_match, equation, or a benchmark name")
+    evaluate.add_argument("--metric",
+                          help="exact_match, equation, or a benchmark name (default: the "
+                          "run's own, exact_match for a .keras file outside a run)")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.set_defaults(run=_evaluate)
 
@@ -228,38 +239,48 @@ def _add_model_commands(commands) -> None:
 
 # --- quickstart ----------------------------------------------------------------
 
+# Fields the quickstart sets itself: its data, and the two modes it compares.
+_QUICKSTART_FIXED = ("data", "data_dir", "train_file", "validation_file", "test_file",
+                     "validation_fraction", "mode", "metric")
+
 
 def _quickstart(args) -> int:
     from dss_keras import quickstart
 
-    overrides = {"steps": args.steps, "eval_every": min(400, args.steps), "seed": args.seed,
-                 "examples_per_row": args.examples_per_row}
+    changes = TrainConfig.changes_from_args(args)
     if args.num_train is not None:
-        overrides["data"] = f"word_problems:{args.num_train}"
-    results = quickstart.run_quickstart(args.run_dir, **overrides)
-    print(f"\nHeld-out word problems, seed {args.seed} (exact match of the generated answer):\n")
+        changes["data"] = f"word_problems:{args.num_train}"
+    try:
+        config = quickstart.get_config(**changes)
+        check_applicable(changes, config)
+    except ValueError as error:
+        args.parser.error(str(error))
+    results = quickstart.run_quickstart(config)
+    print(f"\nHeld-out word problems, seed {config.seed} (exact match of the generated "
+          "answer):\n")
     print(quickstart.format_table(results))
-    print(f"\nModels saved under {args.run_dir}/<mode>/model.keras")
+    print(f"\nModels saved under {os.path.join(config.run_dir, f'seed-{config.seed}')}"
+          "/<mode>/model.keras")
     if args.export_dir:
         quickstart.serve_example(results["distilling step-by-step"].model, args.export_dir)
     return 0
 
 
-def _add_quickstart_command(commands) -> None:
-    quick = _add_command(commands, 
-        "quickstart", aliases=["demo"],
-        help="distilling step-by-step vs. standard finetuning on generated word problems")
-    quick.add_argument("--run-dir", default="runs/quickstart")
-    quick.add_argument("--steps", type=int, default=1200, help="steps of each run")
-    quick.add_argument("--seed", type=int, default=0, help="seeds the weights and the data order")
-    quick.add_argument("--examples-per-row", type=int, default=1,
-                       help="packed examples per row (default 1: at this width packing "
-                            "does not pay)")
+def _add_quickstart_command(commands, common) -> None:
+    from dss_keras.quickstart import get_config
+
+    quick = _add_command(
+        commands, "quickstart", aliases=["demo"], parents=[common],
+        help="distilling step-by-step vs. standard finetuning on generated word problems",
+        description="Trains a tiny T5 twice on generated word problems, on labels only and "
+        "on labels and rationales, and compares them on 500 held-out problems.")
     quick.add_argument("--num-train", type=int,
                        help="generated training problems (default: 2000, 500 held out)")
     quick.add_argument("--export-dir", default="saved_models/quickstart",
                        help="where the label-only SavedModel goes ('' to skip the export)")
-    quick.set_defaults(run=_quickstart)
+    TrainConfig.add_flags(quick, exclude=_QUICKSTART_FIXED, defaults=get_config().to_dict(),
+                          title="settings (TrainConfig fields; the quickstart's defaults)")
+    quick.set_defaults(run=_quickstart, parser=quick)
 
 
 # --- tune ----------------------------------------------------------------------
@@ -375,8 +396,6 @@ def parse_recipe_flags(recipe, argv: Sequence[str] | None = None,
 
     Bad flags and values exit with status 2 and a message naming the flag.
     """
-    from dss_keras.config import check_applicable
-
     parser = recipe_parser(recipe, description)
     args = parser.parse_args(argv)
     changes = TrainConfig.changes_from_args(args)
@@ -436,14 +455,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train, parser=train)
     _add_model_commands(commands)
     _add_tune_command(commands, common)
-    _add_quickstart_command(commands)
+    _add_quickstart_command(commands, common)
     _add_extract_command(commands)
     return parser
 
 
 def _prepare_tensorflow(verbose: bool) -> None:
     """Fast CPU settings and quiet logs, set before TensorFlow loads."""
-    from dss_keras.cpu_runtime import use_fast_cpu_runtime
+    from dss_keras.tf_fast_path.cpu_runtime import use_fast_cpu_runtime
     from dss_keras.quiet import quiet_tensorflow
 
     use_fast_cpu_runtime(warn=False)  # `main()` called again in one process: no news

@@ -22,6 +22,22 @@ from typing import Any, Iterable
 MODES = ("distill_step_by_step", "standard")
 """Both tasks (labels and rationales), or the label task only (the baselines)."""
 
+TASKS = ("label", "rationale")
+"""The two tasks, told apart by the input's prefix: `predict:` -> label, `explain:` -> rationale."""
+
+
+def tasks_of(mode: str) -> tuple[str, ...]:
+    """The tasks a mode trains: both for distilling step-by-step, the label alone otherwise.
+
+    Examples:
+
+    >>> tasks_of("distill_step_by_step"), tasks_of("standard")
+    (('label', 'rationale'), ('label',))
+    """
+    if mode not in MODES:
+        raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
+    return TASKS if mode == "distill_step_by_step" else ("label",)
+
 LABEL_SOURCES = ("gt", "llm")
 """Which label trains the label task: the human one or the teacher's."""
 

@@ -93,9 +93,6 @@ TINY_SETTINGS: Mapping[str, Any] = types.MappingProxyType(
         "num_layers": 2,
         "num_heads": 4,
         "intermediate_dim": 128,
-        "max_input_length": 256,
-        "max_label_length": 32,
-        "max_rationale_length": 128,
         "learning_rate": 1e-3,
         "batch_size": 32,
         "steps": 1000,
@@ -105,8 +102,9 @@ TINY_SETTINGS: Mapping[str, Any] = types.MappingProxyType(
 """A T5 of 0.3M-0.6M parameters trained from scratch, for CPU runs (`preset="tiny"`).
 
 A model trained from scratch needs a far larger learning rate than a
-pretrained one. CQA and SVAMP inputs are under 80 words, well inside 256
-tokens; their labels fit 16 (CQA) and 32 (SVAMP, digits split) tokens.
+pretrained one. The token budgets are each benchmark's own (`recipe.tiny`):
+CQA and SVAMP inputs are under 80 words, well inside 256 tokens; their labels
+fit 16 (CQA) and 32 (SVAMP, digits split) tokens.
 """
 
 RECIPE_FIELDS = frozenset(
@@ -149,8 +147,8 @@ class BenchmarkRecipe:
     >>> config.preset, config.learning_rate, config.batch_size, config.steps, config.metric
     ('t5_1.1_base', 5e-05, 64, 10000, 'svamp')
     >>> tiny = recipe.config(preset="tiny", steps=300)
-    >>> tiny.learning_rate, tiny.max_input_length, tiny.steps, tiny.run_dir
-    (0.001, 256, 300, 'runs/svamp-distill_step_by_step')
+    >>> tiny.learning_rate, tiny.hidden_dim, tiny.steps, tiny.run_dir
+    (0.001, 64, 300, 'runs/svamp-distill_step_by_step')
     >>> BenchmarkRecipe("squad")
     Traceback (most recent call last):
     ...
@@ -334,15 +332,11 @@ def _export(model, recipe, config, export_dir, echo) -> dict[str, str]:
 
 def summary(results: Mapping[str, Any]) -> str:
     """One line: benchmark, mode, validation and test accuracy."""
-    def figure(split):
-        part = results.get(split)
-        if not part:
-            return f"{split}: none"
-        return f"{split} accuracy {part['accuracy']:.4f} ({part['num_examples']} examples)"
+    from dss_keras.training import accuracy_figure
 
     config = results["config"]
     return (
         f"{results['benchmark']} {config['mode']} (labels: {config['label_source']}, "
         f"preset {config['preset']}, {results['steps_trained']} steps): "
-        f"{figure('validation')}, {figure('test')}"
+        f"{accuracy_figure(results, 'validation')}, {accuracy_figure(results, 'test')}"
     )

@@ -21,7 +21,6 @@ load_and_predict(path, ["Where do you keep a book? ..."])
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -30,7 +29,8 @@ from typing import Iterable
 import tensorflow as tf
 
 from dss_keras import decoding
-from dss_keras.files import remove_abandoned_staging, staging_dir
+from dss_keras.files import remove_abandoned_staging, staging_dir, write_json
+from dss_keras.tf_fast_path.lean_t5 import keras_hub_t5_layers
 
 SIGNATURES = {"serving_default": "label", "explain": "rationale"}
 METADATA_PATH = os.path.join("assets.extra", "dss_keras.json")
@@ -175,12 +175,10 @@ def export_for_serving(
     remove_abandoned_staging(export_dir)
     staging = staging_dir(export_dir, str(version))
     try:
-        tf.saved_model.save(
-            module,
-            staging,
-            signatures=module.signatures(),
-            options=tf.saved_model.SaveOptions(experimental_custom_gradients=False),
-        )
+        # Traced through KerasHub's own T5 layers: the same values, and no custom gradient
+        # for TensorFlow to warn about when the SavedModel is loaded.
+        with keras_hub_t5_layers(model.seq2seq_lm.backbone):
+            tf.saved_model.save(module, staging, signatures=module.signatures())
         verify_saved_model(staging)
         _write_metadata(staging, model, version, stop_at_end_token)
         _make_world_readable(staging)
@@ -369,6 +367,4 @@ def _write_metadata(path: str, model, version: int, stop_at_end_token: bool) -> 
         "stop_at_end_token": stop_at_end_token,
     }
     os.makedirs(os.path.join(path, "assets.extra"), exist_ok=True)
-    with open(os.path.join(path, METADATA_PATH), "w", encoding="utf-8") as file:
-        json.dump(metadata, file, indent=2, sort_keys=True)
-        file.write("\n")
+    write_json(os.path.join(path, METADATA_PATH), metadata)

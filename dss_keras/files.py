@@ -1,8 +1,10 @@
 """Files written whole or not at all: a reader never sees half of one.
 
-Each write goes to a temporary file beside the target (named after the
-process, so that processes writing the same file do not collide), is flushed
-to disk, and is renamed over the target.
+Every file the package writes goes through here. Each write goes to a
+temporary file beside the target (named after the process, so that processes
+writing the same file do not collide), is flushed to disk, and is renamed
+over the target. Folders written whole (a backup generation, an export) are
+written into a `staging_dir` and renamed.
 
 Examples:
 
@@ -15,19 +17,38 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Any
+from typing import Any, Iterator
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Writes `data` to `path` atomically."""
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
+    """Yields a temporary path to write `path`'s content to; it becomes `path` on success.
+
+    The temporary file is flushed to disk and renamed over `path` when the
+    block ends normally, and removed when it raises.
+
+    Args:
+        path: The file to write.
+        suffix: The temporary file's ending, for writers that check it
+            (Keras' `model.save` wants `.keras`).
+
+    Examples:
+
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "notes.txt")
+    >>> with writing(path) as tmp:
+    ...     _ = open(tmp, "w").write("done")
+    >>> open(path).read()
+    'done'
+    """
     path = os.fspath(path)
-    tmp = f"{path}.{os.getpid()}.tmp"
+    tmp = f"{path}.{os.getpid()}{suffix}"
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
@@ -35,10 +56,20 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.remove(tmp)
 
 
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes `data` to `path` atomically."""
+    with writing(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` to `path` as UTF-8, atomically (line endings as given)."""
+    write_bytes(path, text.encode("utf-8"))
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Writes `data` as indented, key-sorted JSON to `path` atomically."""
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    write_bytes(path, text.encode("utf-8"))
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def process_alive(pid: int) -> bool:

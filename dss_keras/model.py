@@ -8,16 +8,15 @@ import keras
 import tensorflow as tf
 
 from dss_keras import optimizers as _optimizers  # noqa: F401  (registers them for loading)
-from dss_keras.config import MODES
+from dss_keras.config import TASKS, TrainConfig, tasks_of
 from dss_keras.decoding import decoder_for
-from dss_keras.lean_t5 import use_lean_t5_layers
 from dss_keras.metrics.token_mean import TokenMean
-from dss_keras.packing import (check_examples_per_row, check_length_multiple, pack_task,
-                               round_up, stack_examples)
-from dss_keras.preprocessor import TASKS, MultiTaskPreprocessor
-from dss_keras.seq2seq_parts import Seq2SeqParts
-from dss_keras.token_cross_entropy import sparse_cross_entropy
-from dss_keras.train_function import flat_train_function
+from dss_keras.preprocessor import MultiTaskPreprocessor
+from dss_keras.tf_fast_path.lean_t5 import use_lean_t5_layers
+from dss_keras.tf_fast_path.packing import check_examples_per_row, check_length_multiple
+from dss_keras.tf_fast_path.seq2seq_parts import Seq2SeqParts
+from dss_keras.tf_fast_path.task_losses import packs_rows, task_token_losses
+from dss_keras.tf_fast_path.train_function import flat_train_function
 
 
 def _all_reduce_sum(value):
@@ -77,11 +76,11 @@ class DistillStepByStep(keras.Model):
             did not pay on CPU; see BENCHMARKS.md).
         rematerialize: Recompute each transformer layer in the backward pass
             instead of keeping its activations (T5 only): less memory for
-            more compute, the same gradients (`dss_keras.remat`).
+            more compute, the same gradients (`dss_keras.tf_fast_path.remat`).
         examples_per_row: Pack up to this many examples of a batch into one
             row, with attention masks that keep them apart, so that the
             encoder and decoder do (almost) no work on padding (T5 only,
-            not under XLA; `dss_keras.packing`). The loss and gradients are
+            not under XLA; `dss_keras.tf_fast_path.packing`). The loss and gradients are
             the padded batch's; 1 turns packing off.
         pad_to_multiple_of: With packing, round packed rows' lengths and the
             count of projected target tokens up to a multiple of this (extra
@@ -89,11 +88,11 @@ class DistillStepByStep(keras.Model):
             per-shape kernels, are made (BENCHMARKS.md). 1: exact lengths.
 
     With any of these options a T5 or BART model is called in pieces
-    (`dss_keras.seq2seq_parts`); other models always run whole. The loss and
+    (`dss_keras.tf_fast_path.seq2seq_parts`); other models always run whole. The loss and
     its gradients are the same either way.
 
     A T5's tanh-GELU, norms, attention and feed-forward blocks compute as
-    `dss_keras.lean_t5` says: the same outputs, fewer activations kept.
+    `dss_keras.tf_fast_path.lean_t5` says: the same outputs, fewer activations kept.
 
     Examples:
 
@@ -115,24 +114,23 @@ class DistillStepByStep(keras.Model):
     def __init__(
         self,
         seq2seq_lm: keras.Model,
-        alpha: float = 0.5,
-        mode: str = "distill_step_by_step",
-        label_prefix: str = "predict: ",
-        rationale_prefix: str = "explain: ",
-        max_input_length: int = 512,
-        max_label_length: int = 32,
-        max_rationale_length: int = 256,
+        alpha: float = TrainConfig.alpha,
+        mode: str = TrainConfig.mode,
+        label_prefix: str = TrainConfig.label_prefix,
+        rationale_prefix: str = TrainConfig.rationale_prefix,
+        max_input_length: int = TrainConfig.max_input_length,
+        max_label_length: int = TrainConfig.max_label_length,
+        max_rationale_length: int = TrainConfig.max_rationale_length,
         sequence_layout: dict | None = None,
         logits_at_targets_only: bool = True,
         shared_encoder_pass: bool | None = None,
         rematerialize: bool = False,
-        examples_per_row: int = 4,
+        examples_per_row: int = TrainConfig.examples_per_row,
         pad_to_multiple_of: int = 16,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if mode not in MODES:
-            raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
+        tasks_of(mode)  # checks it
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"`alpha` must be in [0, 1]. Received: alpha={alpha}")
         self.seq2seq_lm = seq2seq_lm
@@ -141,11 +139,12 @@ class DistillStepByStep(keras.Model):
         self.logits_at_targets_only = bool(logits_at_targets_only)
         self._shared_encoder_pass = (None if shared_encoder_pass is None
                                      else bool(shared_encoder_pass))
-        self._parts = Seq2SeqParts.of(seq2seq_lm)
-        if self._parts and self._parts.can_split_encoder:  # same outputs, less kept for gradients
-            use_lean_t5_layers(self._parts.backbone)
+        self.seq2seq_parts = Seq2SeqParts.of(seq2seq_lm)
+        if self.seq2seq_parts and self.seq2seq_parts.can_split_encoder:
+            use_lean_t5_layers(self.seq2seq_parts.backbone)  # same outputs, less kept
         self.rematerialize = bool(rematerialize)
-        if self.rematerialize and not (self._parts and self._parts.can_split_encoder):
+        if self.rematerialize and not (self.seq2seq_parts
+                                       and self.seq2seq_parts.can_split_encoder):
             raise ValueError("`rematerialize=True` needs a T5 model (keras_hub.models."
                              f"T5Seq2SeqLM). Received: {type(seq2seq_lm).__name__}")
         self.examples_per_row = check_examples_per_row(examples_per_row)
@@ -170,13 +169,13 @@ class DistillStepByStep(keras.Model):
     @property
     def tasks(self) -> tuple[str, ...]:
         """The trained tasks: both, or only `"label"` in standard mode."""
-        return TASKS if self.mode == "distill_step_by_step" else ("label",)
+        return tasks_of(self.mode)
 
     @property
     def shared_encoder_pass(self) -> bool:
         """Whether both tasks go through the encoder together (see the class docstring)."""
         if self._shared_encoder_pass is None:  # on exactly when rows are packed
-            return self._packs_rows()
+            return packs_rows(self)
         return self._shared_encoder_pass
 
     @property
@@ -194,110 +193,6 @@ class DistillStepByStep(keras.Model):
 
     # --- losses ------------------------------------------------------------
 
-    def _decoder_hidden_states(self, x, training):
-        """Per task, the decoder's hidden states (the fast path's first half).
-
-        With `shared_encoder_pass` and both tasks, the `predict:` and
-        `explain:` rows go through the encoder as one batch (padded to the
-        longer of the two) and each task's decoder reads its own rows.
-        """
-        parts, remat = self._parts, self.rematerialize
-        if not (self.shared_encoder_pass and parts.can_split_encoder and len(self.tasks) == 2):
-            return {task: parts.hidden_states(x[task], training=training, rematerialize=remat)
-                    for task in self.tasks}
-        keys = ("encoder_token_ids", "encoder_padding_mask")
-        stacked = stack_examples([{key: x[task][key] for key in keys} for task in self.tasks])
-        padding_mask = stacked["encoder_padding_mask"]
-        outputs = parts.encode(stacked["encoder_token_ids"], padding_mask, training=training,
-                               rematerialize=remat)
-        rows = tf.shape(x[self.tasks[0]]["encoder_token_ids"])[0]
-        hidden = {}
-        for index, task in enumerate(self.tasks):
-            own = slice(index * rows, (index + 1) * rows)
-            hidden[task] = parts.decode(
-                x[task]["decoder_token_ids"], x[task]["decoder_padding_mask"],
-                outputs[own], padding_mask[own], training=training, rematerialize=remat)
-        return hidden
-
-    def _packs_rows(self) -> bool:
-        """Whether batches are packed (`examples_per_row`): T5, and not under XLA."""
-        return (self.examples_per_row > 1 and self._parts is not None
-                and self._parts.can_split_encoder and not self.jit_compile)
-
-    def _packed_token_losses(self, x, y, sample_weight, training):
-        """`_task_token_losses` of packed rows, at the real target tokens.
-
-        With `shared_encoder_pass` both tasks' examples are packed together
-        (one encoder and one decoder call, and one projection of both tasks'
-        target tokens onto the vocabulary), else each task's apart.
-        """
-        parts, remat = self._parts, self.rematerialize
-        together = self.shared_encoder_pass and len(self.tasks) == 2
-        groups = [self.tasks] if together else [(task,) for task in self.tasks]
-        outputs = {}
-        for group in groups:
-            packed = pack_task(stack_examples([x[task] for task in group]),
-                               self.examples_per_row, self.pad_to_multiple_of)
-            encoded = parts.encode(packed.encoder_token_ids, None, training=training,
-                                   rematerialize=remat,
-                                   attention_mask=packed.encoder_attention_mask)
-            hidden = parts.decode(packed.decoder_token_ids, None, encoded, None,
-                                  training=training, rematerialize=remat,
-                                  attention_mask=packed.decoder_attention_mask,
-                                  encoder_attention_mask=packed.cross_attention_mask)
-            first = tf.constant(0, tf.int64)  # where the task's examples start in the group
-            states, targets, weights = [], [], []
-            for task in group:
-                positions = tf.where(sample_weight[task] > 0)
-                states.append(packed.decoder_states_at(hidden, positions + [[first, 0]]))
-                first += tf.shape(sample_weight[task], out_type=tf.int64)[0]
-                targets.append(tf.gather_nd(y[task], positions))
-                weights.append(tf.gather_nd(sample_weight[task], positions))
-            # One projection: the LM head's gradient is one product, not one per task.
-            sizes = [tf.shape(t)[0] for t in targets]
-            states, targets = tf.concat(states, 0), tf.concat(targets, 0)
-            real = tf.shape(targets)[0]
-            extra = round_up(real, self.pad_to_multiple_of) - real
-            losses, correct = self._token_losses(
-                parts.vocabulary_logits(tf.pad(states, [[0, extra], [0, 0]])),
-                tf.pad(targets, [[0, extra]]))
-            losses, correct = losses[:real], correct[:real]
-            for task, task_losses, task_correct, task_weights in zip(
-                    group, tf.split(losses, sizes), tf.split(correct, sizes), weights):
-                outputs[task] = (task_losses, task_correct, task_weights)
-        return outputs
-
-    def _task_token_losses(self, x, y, sample_weight, training):
-        """Per task `(token losses, correct tokens, weights)`, at real targets on the fast path."""
-        if self._packs_rows():
-            return self._packed_token_losses(x, y, sample_weight, training)
-        pieces = self.logits_at_targets_only or self.shared_encoder_pass or self.rematerialize
-        if self._parts is None or not pieces:
-            return {task: self._token_losses(self.seq2seq_lm(x[task], training=training),
-                                             y[task]) + (sample_weight[task],)
-                    for task in self.tasks}
-        gather = self.logits_at_targets_only and not self.jit_compile
-        outputs = {}
-        for task, hidden in self._decoder_hidden_states(x, training).items():
-            targets, weights = y[task], sample_weight[task]
-            if gather:
-                # XLA wants static shapes, so a jit-compiled step projects every position.
-                positions = tf.where(weights > 0)
-                hidden = tf.gather_nd(hidden, positions)
-                targets = tf.gather_nd(targets, positions)
-                weights = tf.gather_nd(weights, positions)
-            outputs[task] = self._token_losses(self._parts.vocabulary_logits(hidden),
-                                               targets) + (weights,)
-        return outputs
-
-    @staticmethod
-    def _token_losses(logits, targets):
-        """Each target token's cross-entropy, and 1.0 where the argmax is the target."""
-        logits, targets = tf.cast(logits, "float32"), tf.cast(targets, "int32")
-        losses = sparse_cross_entropy(logits, targets)
-        correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), targets), "float32")
-        return losses, correct
-
     def compute_task_losses(self, x, y, sample_weight, training=False):
         """The replica's share of the objective, and per-task statistics.
 
@@ -312,7 +207,7 @@ class DistillStepByStep(keras.Model):
             replica.
         """
         statistics, loss = {}, 0.0
-        token_losses = self._task_token_losses(x, y, sample_weight, training)
+        token_losses = task_token_losses(self, x, y, sample_weight, training)
         for task in self.tasks:
             losses, correct, weights = token_losses[task]
             weights = tf.cast(weights, "float32")
@@ -446,5 +341,8 @@ class DistillStepByStep(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["seq2seq_lm"] = keras.saving.deserialize_keras_object(config["seq2seq_lm"])
+        # The wrapped LM's own compile settings are never used (this model compiles); Keras
+        # would warn that it cannot restore them (KerasHub's tasks override `compile`).
+        lm_config = {k: v for k, v in config["seq2seq_lm"].items() if k != "compile_config"}
+        config["seq2seq_lm"] = keras.saving.deserialize_keras_object(lm_config)
         return cls(**config)

@@ -111,9 +111,8 @@ class AdamW(keras.optimizers.AdamW):
     learning rate and epsilon handed to the kernel are rescaled to match.
     The weights follow Keras' AdamW with clipping to float rounding
     (`tests/test_optimizers.py`), and the step saves a read and a write of
-    every gradient (1-3% of a t5-v1_1-small step on a CPU; BENCHMARKS.md,
-    "Token cross-entropy as separate ops; clipping in the optimizer kernel's
-    scalars"). `first_moment(variable)` and
+    every gradient (1-3% of a t5-v1_1-small step on a CPU; benchmarks/HISTORY.md,
+    entry 18). `first_moment(variable)` and
     `second_moment(variable)` give Adam's moments.
 
     Weight decay 0 (the authors' setting) is no work at all; Keras still

@@ -17,7 +17,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-TASKS = ("label", "rationale")
+from dss_keras.config import TASKS, TrainConfig
 
 
 @keras.saving.register_keras_serializable(package="dss_keras")
@@ -52,11 +52,11 @@ class MultiTaskPreprocessor:
     def __init__(
         self,
         tokenizer,
-        label_prefix: str = "predict: ",
-        rationale_prefix: str = "explain: ",
-        max_input_length: int = 512,
-        max_label_length: int = 32,
-        max_rationale_length: int = 256,
+        label_prefix: str = TrainConfig.label_prefix,
+        rationale_prefix: str = TrainConfig.rationale_prefix,
+        max_input_length: int = TrainConfig.max_input_length,
+        max_label_length: int = TrainConfig.max_label_length,
+        max_rationale_length: int = TrainConfig.max_rationale_length,
         encoder_start_ids: Sequence[int] = (),
         decoder_start_ids: Sequence[int] = (0,),
         end_token_id: int = 1,

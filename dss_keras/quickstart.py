@@ -5,9 +5,14 @@ On generated one-operation word problems with a distractor sentence
 `dss_keras.data.word_problems`), a tiny T5 is trained from scratch twice with
 the same data, steps and seed: once on labels only (standard finetuning) and
 once on labels and rationales (distilling step-by-step). Both runs go
-through `dss_keras.training.train`, are saved under `runs/quickstart/<mode>/`
-and are compared on the held-out problems. One seed per call; the spread
-over seeds is in BENCHMARKS.md (`benchmarks/quickstart_seeds.py`).
+through `dss_keras.training.train`, are saved under
+`runs/quickstart/seed-<seed>/<mode>/` and are compared on the held-out
+problems. One seed per call; the spread over seeds is in BENCHMARKS.md
+(`benchmarks/quickstart_seeds.py`).
+
+`get_config()` is the one place of the quickstart's settings: `dss-keras
+quickstart` (and `make demo`), `recipes/quickstart.py` and the benchmarks
+that repeat it start from it.
 """
 
 from __future__ import annotations
@@ -15,19 +20,24 @@ from __future__ import annotations
 import os
 
 from dss_keras.config import TrainConfig
-from dss_keras.training import TrainResult, load_splits, train
 
 MODES = {"standard finetuning": "standard", "distilling step-by-step": "distill_step_by_step"}
 
 
-def quickstart_config(run_dir: str = "runs/quickstart", **overrides) -> TrainConfig:
+def get_config(**overrides) -> TrainConfig:
     """The quickstart's settings: ~0.3M-parameter T5 (2+2 layers, width 64), 1,200 steps.
+
+    `mode` is set by `run_quickstart` for each of its two runs, and each run
+    lives in `<run_dir>/seed-<seed>/<mode>/`.
+
+    Args:
+        **overrides: `TrainConfig` fields to change, e.g. `steps=200`.
 
     Examples:
 
-    >>> config = quickstart_config(steps=10)
-    >>> config.data, config.steps, config.learning_rate
-    ('word_problems', 10, 0.003)
+    >>> config = get_config(steps=10)
+    >>> config.data, config.steps, config.learning_rate, config.max_label_length
+    ('word_problems', 10, 0.003, 8)
     """
     config = TrainConfig(
         data="word_problems",
@@ -48,36 +58,50 @@ def quickstart_config(run_dir: str = "runs/quickstart", **overrides) -> TrainCon
         eval_every=400,
         # At width 64 the step is all overhead: packing ran 1.1x slower here (BENCHMARKS.md).
         examples_per_row=1,
-        run_dir=run_dir,
+        run_dir="runs/quickstart",
     )
     return config.replace(**overrides)
 
 
+def run_config(config: TrainConfig, mode: str) -> TrainConfig:
+    """The config of one of the two runs: `mode`, in `<run_dir>/seed-<seed>/<mode>/`.
+
+    Examples:
+
+    >>> run_config(get_config(seed=1), "standard").run_dir
+    'runs/quickstart/seed-1/standard'
+    """
+    return config.replace(mode=mode,
+                          run_dir=os.path.join(config.run_dir, f"seed-{config.seed}", mode))
+
+
 def run_quickstart(
-    run_dir: str = "runs/quickstart",
+    config: TrainConfig | None = None,
     verbose: str | int = "auto",
     echo=print,
-    **overrides,
-) -> dict[str, TrainResult]:
-    """Trains both modes on the same data and returns their results by name.
+) -> dict:
+    """Trains both modes on the same data and returns their `TrainResult`s by name.
 
     Args:
-        run_dir: Parent directory; each mode gets a subdirectory.
+        config: The settings (`get_config()` when `None`); its `mode` is set
+            for each run, its `run_dir` is the parent of both.
         verbose: Keras progress bar setting.
         echo: Where progress lines go.
-        **overrides: `TrainConfig` fields, e.g. `steps=200` or `seed=1`.
     """
+    from dss_keras.training import load_splits, train
+
+    config = config or get_config()
     results = {}
     splits = None
     for name, mode in MODES.items():
-        config = quickstart_config(os.path.join(run_dir, mode), mode=mode, **overrides)
-        splits = splits or load_splits(config)
-        echo(f"\n== {name}, seed {config.seed} ({config.run_dir})")
-        results[name] = train(config, splits, verbose=verbose)
+        run = run_config(config, mode)
+        splits = splits or load_splits(run)
+        echo(f"\n== {name}, seed {run.seed} ({run.run_dir})")
+        results[name] = train(run, splits, verbose=verbose)
     return results
 
 
-def format_table(results: dict[str, TrainResult]) -> str:
+def format_table(results: dict) -> str:
     """A plain-text table of the runs' accuracies, losses and wall times."""
     header = (f"{'':26s}{'label accuracy':>16s}{'label loss':>12s}{'rationale loss':>16s}"
               f"{'train time':>12s}")

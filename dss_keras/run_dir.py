@@ -26,7 +26,7 @@ import shutil
 
 from dss_keras.backup import Backup
 from dss_keras.config import TrainConfig
-from dss_keras.files import write_json
+from dss_keras.files import write_json, writing
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +117,7 @@ def load_finished(run_dir: str):
 
 def save_finished(run_dir: str, model, metrics: dict) -> None:
     """Saves the trained model, then the metrics (whose presence marks the end), then drops the backup."""
-    model_path = os.path.join(run_dir, MODEL)
-    model.save(model_path + ".tmp.keras")
-    os.replace(model_path + ".tmp.keras", model_path)
+    with writing(os.path.join(run_dir, MODEL), suffix=".keras") as tmp:
+        model.save(tmp)
     write_json(os.path.join(run_dir, METRICS), metrics)
     Backup(os.path.join(run_dir, BACKUP)).remove()

@@ -14,6 +14,20 @@ import functools
 from dss_keras import backbones
 from dss_keras.data.records import Record
 from dss_keras.data.word_problems import word_problems
+from dss_keras.vocabulary import train_vocabulary
+
+
+TINY_RUN = dict(
+    steps=4, eval_every=2, batch_size=4, vocabulary_size=150, hidden_dim=16,
+    intermediate_dim=32, num_layers=1, num_heads=2, max_input_length=48,
+    max_label_length=4, max_rationale_length=12,
+)
+"""`TrainConfig` fields of a run that trains in seconds (tests and examples)."""
+
+
+def tiny_run_flags() -> list[str]:
+    """`TINY_RUN` as `dss-keras train` flags."""
+    return [f"--{name.replace('_', '-')}={value}" for name, value in TINY_RUN.items()]
 
 
 def toy_records(num_examples: int = 64, seed: int = 0) -> list[Record]:
@@ -23,11 +37,8 @@ def toy_records(num_examples: int = 64, seed: int = 0) -> list[Record]:
 
 @functools.lru_cache(maxsize=4)
 def toy_vocabulary(vocabulary_size: int = 200) -> bytes:
-    """A SentencePiece model trained on the toy records and the task prefixes."""
-    texts = []
-    for record in toy_records(400, seed=123):
-        texts += [record.input, record.label, record.rationale, "predict: explain:"]
-    return backbones.train_sentencepiece(texts, vocabulary_size=vocabulary_size)
+    """The vocabulary of 400 toy records, by the rule of `dss_keras.vocabulary`."""
+    return train_vocabulary(toy_records(400, seed=123), vocabulary_size)
 
 
 def tiny_seq2seq_lm(

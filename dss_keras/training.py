@@ -134,8 +134,12 @@ _MODEL_FIELDS = ("alpha", "mode", "label_prefix", "rationale_prefix", "max_input
 
 
 def build_model(config: TrainConfig, train_records: Sequence[Record],
-                vocabulary_path: str, strategy=None) -> DistillStepByStep:
+                vocabulary_path: str | None, strategy=None, *, seq2seq_lm=None,
+                **model_options) -> DistillStepByStep:
     """The compiled `DistillStepByStep` of `config`, created under the strategy's scope.
+
+    `dss-keras train`, the recipes, the tuner and the benchmarks build their
+    models here, so that what a benchmark measures is what `train` runs.
 
     Args:
         config: The run's configuration.
@@ -145,13 +149,19 @@ def build_model(config: TrainConfig, train_records: Sequence[Record],
         strategy: A `tf.distribute.Strategy`; `make_strategy(config.strategy)`
             when `None`. The model, its metrics and its optimizer are created
             under its scope.
+        seq2seq_lm: A seq2seq LM to wrap instead of the config's preset (a
+            benchmark's shape); the caller creates it under the scope.
+        **model_options: `DistillStepByStep` arguments that are not config
+            fields (a benchmark's variants of the fast path).
     """
     from dss_keras import strategies
 
     strategy = strategy or strategies.make_strategy(config.strategy)
     with strategy.scope():
-        model = DistillStepByStep(build_seq2seq_lm(config, train_records, vocabulary_path),
-                                  **{name: getattr(config, name) for name in _MODEL_FIELDS})
+        if seq2seq_lm is None:
+            seq2seq_lm = build_seq2seq_lm(config, train_records, vocabulary_path)
+        options = {name: getattr(config, name) for name in _MODEL_FIELDS}
+        model = DistillStepByStep(seq2seq_lm, **{**options, **model_options})
         model.compile(optimizer=make_optimizer(config), jit_compile=config.jit_compile_value)
     return model
 
@@ -356,6 +366,44 @@ def _shard_by_data(dataset):
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.DATA)
     return dataset.with_options(options)
+
+
+def accuracy_figure(metrics: dict, split: str) -> str:
+    """`"<split> accuracy 0.5000 (200 examples)"` from a run's metrics, or says there is none.
+
+    Examples:
+
+    >>> accuracy_figure({"test": {"accuracy": 0.5, "num_examples": 200}}, "test")
+    'test accuracy 0.5000 (200 examples)'
+    >>> accuracy_figure({}, "validation")
+    'validation: none'
+    """
+    part = metrics.get(split)
+    if not part:
+        return f"{split}: none"
+    return f"{split} accuracy {part['accuracy']:.4f} ({part['num_examples']} examples)"
+
+
+def summary(metrics: dict) -> str:
+    """What a finished run's `metrics.json` says, in two lines a person reads.
+
+    Examples:
+
+    >>> print(summary({"config": {"mode": "standard", "preset": "tiny", "metric": "svamp"},
+    ...                "steps_trained": 400, "train_seconds": 31.6,
+    ...                "history": {"loss": [0.9, 0.5], "label_loss": [0.9, 0.5]},
+    ...                "test": {"accuracy": 0.25, "num_examples": 300}}))
+    standard, preset tiny: 400 steps in 32 s, final loss 0.500 (label 0.500)
+    scored by svamp: validation: none, test accuracy 0.2500 (300 examples)
+    """
+    config, history = metrics["config"], metrics["history"]
+    losses = [f"{task} {history[f'{task}_loss'][-1]:.3f}" for task in ("label", "rationale")
+              if history.get(f"{task}_loss")]
+    return (f"{config['mode']}, preset {config['preset']}: {metrics['steps_trained']} steps in "
+            f"{metrics['train_seconds']:.0f} s, final loss {history['loss'][-1]:.3f} "
+            f"({', '.join(losses)})\n"
+            f"scored by {config['metric']}: {accuracy_figure(metrics, 'validation')}, "
+            f"{accuracy_figure(metrics, 'test')}")
 
 
 @dataclasses.dataclass

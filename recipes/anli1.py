@@ -28,7 +28,8 @@ def get_config() -> experiments.BenchmarkRecipe:
     """The paper's settings; ANLI premises are paragraphs, so the tiny model reads 256 tokens."""
     return experiments.BenchmarkRecipe(
         benchmark="anli1",
-        tiny={"vocabulary_size": 3000, "max_input_length": 256, "max_label_length": 8},
+        tiny={"vocabulary_size": 3000, "max_input_length": 256, "max_label_length": 8,
+              "max_rationale_length": 128},
     )
 
 

@@ -26,7 +26,8 @@ def get_config() -> experiments.BenchmarkRecipe:
     """The paper's settings; a 3,000-piece vocabulary for the tiny model's English text."""
     return experiments.BenchmarkRecipe(
         benchmark="cqa",
-        tiny={"vocabulary_size": 3000, "max_input_length": 256, "max_label_length": 16},
+        tiny={"vocabulary_size": 3000, "max_input_length": 256, "max_label_length": 16,
+              "max_rationale_length": 128},
     )
 
 

@@ -28,7 +28,8 @@ def get_config() -> experiments.BenchmarkRecipe:
     """The paper's settings; short NLI inputs fit a 128-token tiny model, labels 8 tokens."""
     return experiments.BenchmarkRecipe(
         benchmark="esnli",
-        tiny={"vocabulary_size": 3000, "max_input_length": 128, "max_label_length": 8},
+        tiny={"vocabulary_size": 3000, "max_input_length": 128, "max_label_length": 8,
+              "max_rationale_length": 128},
     )
 
 

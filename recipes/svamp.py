@@ -28,7 +28,8 @@ def get_config() -> experiments.BenchmarkRecipe:
     """The paper's settings; the tiny vocabulary splits digits: 1,000 pieces do for 700 problems."""
     return experiments.BenchmarkRecipe(
         benchmark="svamp",
-        tiny={"vocabulary_size": 1000, "max_input_length": 256, "max_label_length": 32},
+        tiny={"vocabulary_size": 1000, "max_input_length": 256, "max_label_length": 32,
+              "max_rationale_length": 128},
     )
 
 

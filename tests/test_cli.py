@@ -2,11 +2,14 @@
 
 import argparse
 import dataclasses
+import json
+import os
 
 import pytest
 
-from dss_keras import cli, experiments
+from dss_keras import cli, experiments, testing
 from dss_keras.config import TrainConfig
+from dss_keras.data.records import write_jsonl
 
 # A value other than the default for every TrainConfig field.
 OTHER_VALUES = {
@@ -113,3 +116,71 @@ def test_every_recipe_flag_changes_the_config_or_fails(capsys):
     # The tiny model's flags do not apply to the paper's preset.
     assert sorted(refused) == ["dropout", "hidden_dim", "intermediate_dim", "num_heads",
                                "num_layers", "vocabulary_size"]
+
+
+@pytest.mark.slow
+def test_train_evaluate_predict(tmp_path, capsys):
+    records = testing.toy_records(20)
+    write_jsonl(records[:16], tmp_path / "train.jsonl")
+    write_jsonl(records[16:], tmp_path / "test.jsonl")
+    run_dir = str(tmp_path / "run")
+    assert cli.main(["train", "--train-file", str(tmp_path / "train.jsonl"),
+                     "--test-file", str(tmp_path / "test.jsonl"), "--run-dir", run_dir,
+                     "--mode", "standard", "--validation-fraction", "0.25", "--metric",
+                     "equation", *testing.tiny_run_flags()]) == 0
+    out = capsys.readouterr().out
+    assert "standard, preset tiny: 4 steps in" in out
+    assert "scored by equation: validation accuracy" in out and "test accuracy" in out
+    assert "Run saved in" in out and "{}" not in out
+    saved = TrainConfig.load(os.path.join(run_dir, "config.json"))
+    assert saved.mode == "standard" and saved.steps == 4 and saved.hidden_dim == 16
+
+    # Scored with the run's own metric unless told otherwise.
+    assert cli.main(["evaluate", run_dir, "--file", str(tmp_path / "test.jsonl")]) == 0
+    evaluation = json.loads(capsys.readouterr().out)
+    assert evaluation["num_examples"] == 4 and evaluation["metric"] == "equation"
+    assert cli.main(["evaluate", run_dir, "--file", str(tmp_path / "test.jsonl"),
+                     "--metric", "exact_match"]) == 0
+    assert json.loads(capsys.readouterr().out)["metric"] == "exact_match"
+
+    assert cli.main(["predict", run_dir, records[0].input, records[1].input]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_train_without_validation_or_test_says_so(tmp_path, capsys):
+    write_jsonl(testing.toy_records(16), tmp_path / "train.jsonl")
+    assert cli.main(["train", "--train-file", str(tmp_path / "train.jsonl"), "--run-dir",
+                     str(tmp_path / "run"), "--validation-fraction", "0",
+                     *testing.tiny_run_flags()]) == 0
+    out = capsys.readouterr().out
+    assert "validation: none, test: none" in out and "final loss" in out
+
+
+def test_a_bad_flag_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--alpah", "0.3"])
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_predict_without_a_model(tmp_path, capsys):
+    assert cli.main(["predict", str(tmp_path), "text"]) == 1
+    assert "no trained model here" in capsys.readouterr().err
+
+
+def test_tune_has_its_own_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["tune", "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: dss-keras tune" in capsys.readouterr().out
+
+
+def test_quickstart_flags_are_train_flags_with_the_quickstart_defaults(capsys):
+    from dss_keras import quickstart
+
+    with pytest.raises(SystemExit):
+        cli.main(["quickstart", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--learning-rate LEARNING_RATE AdamW learning rate" in help_text
+    assert f"(default: {quickstart.get_config().learning_rate!r})" in help_text
+    assert "--mode" not in help_text and "--train-file" not in help_text

@@ -21,12 +21,10 @@ EDGE_TEXTS = [
 ]
 # Every op the export uses today; all are in TF Serving 2.20 / TF Text 2.20. A new
 # op fails this test on purpose: check that the server has it, then add it here.
-# (IdentityN, a core op: `dss_keras.activations.gelu_tanh`'s custom gradient wraps its
-# output in one; the export leaves the gradient itself out.)
 KNOWN_OPS = {
     "Abs", "AddV2", "All", "ArgMax", "Assert", "AssignVariableOp", "BatchMatMulV2",
     "Cast", "ConcatV2", "Const", "Cumsum", "DisableCopyOnRead", "Equal", "ExpandDims",
-    "Fill", "GatherV2", "Greater", "Identity", "IdentityN", "If", "Less", "Log", "LogicalAnd",
+    "Fill", "GatherV2", "Greater", "Identity", "If", "Less", "Log", "LogicalAnd",
     "LogicalNot", "LogicalOr", "MatMul", "Mean", "MergeV2Checkpoints", "Minimum", "Mul",
     "Neg", "NoOp", "NotEqual", "OnesLike", "Pack", "Pad", "PartitionedCall",
     "Placeholder", "Pow", "Prod", "RaggedGather", "RaggedRange", "RaggedTensorToTensor",
@@ -301,3 +299,42 @@ def test_matches_distill_step_by_step_predict_labels(model, exported, texts):
     assert dss.predict_labels(batch, batch_size=len(batch)) == export.load_and_predict(
         exported, batch
     )
+
+
+LOAD_QUIETLY = textwrap.dedent(
+    """
+    import sys
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401
+    tf.zeros(1).numpy()  # TensorFlow's runtime starts (and logs its device probes) here
+    print("LOADING", file=sys.stderr, flush=True)
+    loaded = tf.saved_model.load(sys.argv[1])
+    print("LOADED", file=sys.stderr, flush=True)
+    """
+)
+
+
+def test_export_of_a_lean_model_holds_no_custom_gradient_and_loads_silently(tmp_path):
+    """`DistillStepByStep` trains T5 through layers with custom gradients; serving has none."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from dss_keras.tf_fast_path.lean_t5 import T5LayerNormKeepingInput
+
+    model = testing.tiny_model()
+    texts = [record.input for record in testing.toy_records(6, seed=3)]
+    expected = model.predict_labels(texts)
+    path = export.export_for_serving(model, tmp_path / "toy")
+    assert isinstance(model.seq2seq_lm.backbone.encoder_layer_norm, T5LayerNormKeepingInput)
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((tmp_path / "toy" / "1" / "saved_model.pb").read_bytes())
+    graph = saved.meta_graphs[0].graph_def
+    nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
+    assert not [n.name for n in nodes if "_gradient_op_type" in n.attr]
+    assert export.load_and_predict(path, texts) == expected
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")}
+    run = subprocess.run([sys.executable, "-c", LOAD_QUIETLY, path], capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    during = run.stderr.split("LOADING\n", 1)[1].split("LOADED", 1)[0]
+    assert during.strip() == "" and run.stdout == ""

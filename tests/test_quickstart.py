@@ -24,10 +24,10 @@ def test_quickstart_runs_end_to_end_and_serves(tmp_path, capsys):
     assert "standard finetuning" in out and "distilling step-by-step" in out
     assert "label accuracy" in out and "seed 3" in out
     for mode in ("standard", "distill_step_by_step"):
-        assert os.path.exists(os.path.join(run_dir, mode, "model.keras"))
-        with open(os.path.join(run_dir, mode, "config.json")) as file:
+        assert os.path.exists(os.path.join(run_dir, "seed-3", mode, "model.keras"))
+        with open(os.path.join(run_dir, "seed-3", mode, "config.json")) as file:
             assert json.load(file)["examples_per_row"] == 3
-    assert quickstart.quickstart_config().examples_per_row == 1  # unpacked unless asked
+    assert quickstart.get_config().examples_per_row == 1  # unpacked unless asked
     assert os.listdir(export_dir) == ["1"]
     assert "-> " in out
     assert len(load_and_predict(export_dir, ["Ana has 3 cups. How many cups does Ana have?"])) == 1
@@ -45,13 +45,13 @@ def test_make_demo_output_holds_no_tensorflow_log_lines(tmp_path):
     output = completed.stdout + completed.stderr
     assert "distilling step-by-step" in output
     noisy = [line for line in output.splitlines()
-             if CPP_LOG_LINE.search(line) or "Warning" in line]
+             if CPP_LOG_LINE.search(line) or "warning" in line.lower()]
     assert noisy == []
 
 
 def test_quickstart_config_rejects_unknown_overrides():
     with pytest.raises(ValueError, match="Unknown config field"):
-        quickstart.quickstart_config(stepz=3)
+        quickstart.get_config(stepz=3)
 
 
 def test_quickstart_and_data_efficiency_share_the_setting():
@@ -69,4 +69,4 @@ def test_quickstart_and_data_efficiency_share_the_setting():
     for mode in quickstart.MODES.values():
         run = benchmark.run_config(benchmark.GRIDS["full"]["word_problems"], mode, 1.0, 0,
                                    1200, 400, "runs/x")
-        assert run == quickstart.quickstart_config("runs/x", mode=mode)
+        assert run == quickstart.get_config(run_dir="runs/x", mode=mode)

@@ -165,3 +165,42 @@ def test_the_peer_hook_adds_run_flags_to_their_run_only(tmp_path, script, extra,
         assert json.loads(argv_out.read_text()) == argv
     else:
         assert not argv_out.exists()
+
+
+def test_the_fast_side_is_the_model_dss_keras_train_builds(benchmark, monkeypatch):
+    """`fast` is `training.build_model`'s model, untouched: only the authors' settings differ."""
+    import dataclasses
+
+    import keras
+
+    from dss_keras import testing
+    from dss_keras.backbones import tiny_t5
+    from dss_keras.config import TrainConfig
+    from dss_keras.training import build_model
+
+    monkeypatch.setattr(benchmark, "SHAPE", dict(
+        vocabulary_size=256, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32,
+        key_value_dim=8, dropout=0.1))
+    records, proto = testing.toy_records(16), testing.toy_vocabulary()
+    fast = benchmark.VARIANTS["fast"]
+    model, _ = benchmark.build_variant(proto, records, fast, steps=10, batch_size=4)
+    config = benchmark.benchmark_config(fast, steps=10, batch_size=4)
+    changed = {f.name for f in dataclasses.fields(TrainConfig)
+               if getattr(config, f.name) != getattr(TrainConfig(), f.name)}
+    assert changed <= {"learning_rate", "lr_schedule", "steps", "adam_epsilon",
+                       "clip_global_norm", "batch_size", "max_input_length", "max_label_length",
+                       "max_rationale_length"}  # the authors' optimizer and budgets
+    shape = {k: v for k, v in benchmark.SHAPE.items() if k != "vocabulary_size"}
+    reference = build_model(config, records, None, seq2seq_lm=tiny_t5(
+        proto=proto, embedding_size=benchmark.SHAPE["vocabulary_size"], **shape))
+
+    def unnamed(config, *more):
+        return {k: v for k, v in config.items() if k not in ("name", *more)}
+
+    assert unnamed(model.get_config(), "seq2seq_lm") == unnamed(reference.get_config(),
+                                                                "seq2seq_lm")
+    assert unnamed(model.optimizer.get_config()) == unnamed(reference.optimizer.get_config())
+    # No variant patch: the fused update and the one flat train function are the model's own.
+    assert "_fuses" not in vars(model.optimizer) and "_clip_gradients" not in vars(model.optimizer)
+    assert "make_train_function" not in vars(model) and model.train_function is None
+    assert type(model).make_train_function is not keras.Model.make_train_function

@@ -24,9 +24,9 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from dss_keras.config import MODES
+from dss_keras.config import tasks_of
 from dss_keras.data.records import Record, check_label_source
-from dss_keras.preprocessor import TASKS, MultiTaskPreprocessor
+from dss_keras.preprocessor import MultiTaskPreprocessor
 
 logger = logging.getLogger(__name__)
 
@@ -161,12 +161,10 @@ def make_dataset(
     >>> print(report)
     10 of 10 records used; 0 without a label from the label source left out; 0 train the label task only (no rationale)
     """
-    if mode not in MODES:
-        raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
+    tasks = tasks_of(mode)
     check_label_source(label_source)
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be at least 1. Received: batch_size={batch_size}")
-    tasks = TASKS if mode == "distill_step_by_step" else ("label",)
 
     inputs, labels, rationales, has_rationale = [], [], [], []
     missing_label = 0

@@ -27,6 +27,7 @@ import os
 from typing import Iterable, Iterator, Sequence
 
 from dss_keras.config import LABEL_SOURCES
+from dss_keras.files import write_text
 
 
 _REQUIRED_STRING_FIELDS = ("id", "input", "label")
@@ -234,13 +235,9 @@ def read_jsonl(path: str | os.PathLike) -> list[Record]:
 
 
 def write_jsonl(records: Iterable[Record], path: str | os.PathLike) -> None:
-    """Writes records as JSON Lines, atomically (temporary file, then rename)."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    """Writes records as JSON Lines, atomically (`dss_keras.files`)."""
+    write_text(path, "".join(json.dumps(record.to_dict(), ensure_ascii=False) + "\n"
+                             for record in records))
 
 
 def _read_text(path: str) -> str:
@@ -291,18 +288,14 @@ def read_csv(path: str | os.PathLike) -> list[Record]:
 
 
 def write_csv(records: Iterable[Record], path: str | os.PathLike) -> None:
-    """Writes records as CSV with a header row (null becomes an empty cell)."""
-    path = os.fspath(path)
+    """Writes records as CSV with a header row (null becomes an empty cell), atomically."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=FIELDS)
     writer.writeheader()
     for record in records:
         row = record.to_dict()
         writer.writerow({k: ("" if row[k] is None else row[k]) for k in FIELDS})
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(buffer.getvalue())
-    os.replace(tmp, path)
+    write_text(path, buffer.getvalue())
 
 
 def read_records(path: str | os.PathLike) -> list[Record]:

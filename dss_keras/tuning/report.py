@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import glob
+import io
 import logging
 import os
 import statistics
@@ -12,7 +13,7 @@ from typing import Sequence
 
 import keras_tuner
 
-from dss_keras.files import write_json
+from dss_keras.files import write_json, write_text
 from dss_keras.tuning.hypermodel import OBJECTIVE
 
 logger = logging.getLogger(__name__)
@@ -207,11 +208,11 @@ def write_reports(project_dir: str, *, target_accuracy: float | None = None,
         smallest = {mode: smallest_fraction(rows, target_accuracy, mode)
                     for mode in sorted({r["mode"] for r in rows})}
     files = [os.path.join(project_dir, "trials.csv"), os.path.join(project_dir, "trials.json")]
-    with open(files[0] + ".tmp", "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(files[0] + ".tmp", files[0])
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(files[0], table.getvalue())
     write_json(files[1], {
         "objective": {"name": OBJECTIVE.name, "direction": OBJECTIVE.direction},
         "trials": rows, "best": best, "best_by_fraction": by_fraction,

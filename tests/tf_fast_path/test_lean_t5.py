@@ -10,15 +10,16 @@ from keras_hub.src.models.t5.t5_layer_norm import T5LayerNorm
 from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
 from keras_hub.src.models.t5.t5_transformer_layer import T5TransformerLayer
 
-from dss_keras import lean_t5, testing
+from dss_keras import testing
+from dss_keras.tf_fast_path import lean_t5
 from dss_keras.model import DistillStepByStep
-from dss_keras.activations import gelu_tanh
-from dss_keras.lean_feed_forward import feed_forward
-from dss_keras.lean_t5 import (T5AttentionRecomputingProbabilities, T5LayerNormKeepingInput,
+from dss_keras.tf_fast_path.activations import gelu_tanh
+from dss_keras.tf_fast_path.lean_feed_forward import feed_forward
+from dss_keras.tf_fast_path.lean_t5 import (T5AttentionRecomputingProbabilities, T5LayerNormKeepingInput,
                                T5LayerRecomputingFeedForward, attend, rms_norm,
                                use_lean_t5_layers)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _value_and_gradients(layer_class, x, weight):

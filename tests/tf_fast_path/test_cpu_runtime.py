@@ -9,9 +9,17 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.util import _pywrap_util_port
 
-from dss_keras.cpu_runtime import ONEDNN_KERNELS, POOLED_ALLOCATOR, use_fast_cpu_runtime
+from dss_keras.tf_fast_path import cpu_runtime
+from dss_keras.tf_fast_path.cpu_runtime import ONEDNN_KERNELS, POOLED_ALLOCATOR, use_fast_cpu_runtime
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(autouse=True)
+def _this_process_asks_only_within_a_test(monkeypatch):
+    monkeypatch.setattr(cpu_runtime, "_asked", cpu_runtime._asked)
+
+
 TINY_TRAIN = ["train", "--data", "word_problems:24", "--steps", "2", "--batch-size", "4",
               "--vocabulary-size", "150", "--hidden-dim", "16", "--intermediate-dim", "32",
               "--num-layers", "1", "--num-heads", "2", "--max-input-length", "48",
@@ -56,7 +64,7 @@ def test_dss_keras_train_runs_with_both_unless_told_not_to(tmp_path):
 def test_a_fresh_process_gets_what_the_variables_say(allocator, onednn):
     code = ("from dss_keras import use_fast_cpu_runtime as use; said = use(); "
             "import tensorflow as tf; tf.constant(1.0) + 1; "
-            "from dss_keras.cpu_runtime import onednn_in_effect, pooled_allocator_in_effect; "
+            "from dss_keras.tf_fast_path.cpu_runtime import onednn_in_effect, pooled_allocator_in_effect; "
             "print(said == dict(onednn_kernels=onednn_in_effect(), "
             "pooled_allocator=pooled_allocator_in_effect()), sorted(said.values()))")
     said = _run_python(code, **{POOLED_ALLOCATOR: allocator, ONEDNN_KERNELS: onednn})
@@ -94,3 +102,28 @@ def test_a_users_choice_read_too_late_is_not_warned_about(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING):
         use_fast_cpu_runtime()
     assert not caplog.text
+
+
+# Trains with the library alone (no `use_fast_cpu_runtime()`), recording what reaches glibc.
+LIBRARY_ALONE = """
+import os
+before = dict(os.environ)
+from dss_keras import testing
+from dss_keras.data import make_dataset
+from dss_keras.tf_fast_path import train_function
+called = []
+train_function._glibc_function = lambda name: (lambda *args: called.append(name) or 1)
+import keras
+model = testing.tiny_model()
+model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+dataset, _ = make_dataset(testing.toy_records(8), model.preprocessor, batch_size=4)
+model.fit(dataset, epochs=1, verbose=0)
+changed = sorted(k for k in set(os.environ) | set(before) if os.environ.get(k) != before.get(k))
+print(changed, called)
+"""
+
+
+def test_the_library_alone_changes_no_process_setting():
+    """No environment variable, no glibc option: the user's process stays the user's."""
+    said = _run_python(LIBRARY_ALONE, **{POOLED_ALLOCATOR: "true"})
+    assert said == "[] []"

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from dss_keras import testing
-from dss_keras.activations import gelu_tanh, use_gelu_tanh
+from dss_keras.tf_fast_path.activations import gelu_tanh, use_gelu_tanh
 from dss_keras.model import DistillStepByStep
 
 

@@ -13,14 +13,14 @@ cheap to compute again:
   computes the probabilities again from them in the backward pass.
 - The feed-forward block keeps its norm's output, the activation's input and
   output, the gate and the dropped-out product. `feed_forward`
-  (`dss_keras.lean_feed_forward`) keeps the block's input and its two
+  (`dss_keras.tf_fast_path.lean_feed_forward`) keeps the block's input and its two
   projections, and computes the rest again.
 
 `T5LayerNormKeepingInput`, `T5AttentionRecomputingProbabilities` and
 `T5LayerRecomputingFeedForward` are KerasHub's layers with those
 computations; `use_lean_t5_layers(backbone)`
 gives a T5 backbone's layers their class (same weights, names, configs and
-outputs) and its tanh-GELU `dss_keras.activations.gelu_tanh`, and
+outputs) and its tanh-GELU `dss_keras.tf_fast_path.activations.gelu_tanh`, and
 `DistillStepByStep` does so when it wraps a T5. A saved model
 loads into KerasHub's classes and gets them again when wrapped.
 
@@ -39,6 +39,8 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import keras_hub
 import tensorflow as tf
@@ -47,8 +49,9 @@ from keras_hub.src.models.t5.t5_layer_norm import T5LayerNorm
 from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
 from keras_hub.src.models.t5.t5_transformer_layer import T5TransformerLayer
 
-from dss_keras.activations import use_gelu_tanh
-from dss_keras.lean_feed_forward import feed_forward
+from dss_keras.tf_fast_path.activations import (gelu_tanh, keras_hub_gelu_tanh,
+                                                swap_feedforward_activation, use_gelu_tanh)
+from dss_keras.tf_fast_path.lean_feed_forward import feed_forward
 
 
 def rms_norm(x, weight, epsilon: float):
@@ -235,7 +238,7 @@ class T5LayerRecomputingFeedForward(T5TransformerLayer):
 
     A training call without caches runs the layer's own sublayers in
     KerasHub's order, its feed-forward block as one
-    `dss_keras.lean_feed_forward.feed_forward` (same weights, same dropout
+    `dss_keras.tf_fast_path.lean_feed_forward.feed_forward` (same weights, same dropout
     draws: the inner mask from the layer's `Dropout` generator, then its outer
     dropout). Inference, cached decoding, and blocks with biases, LoRA or
     quantised kernels run KerasHub's own `call`.
@@ -347,7 +350,7 @@ def use_lean_t5_layers(backbone: keras.Model) -> int:
     """Gives a T5 backbone's layer norms and attention layers their lean class.
 
     Its feed-forward layers' KerasHub tanh-GELU, if any, becomes
-    `gelu_tanh` (`dss_keras.activations.use_gelu_tanh`). Other backbones are
+    `gelu_tanh` (`dss_keras.tf_fast_path.activations.use_gelu_tanh`). Other backbones are
     left alone.
 
     Args:
@@ -362,3 +365,42 @@ def use_lean_t5_layers(backbone: keras.Model) -> int:
     changed = use_gelu_tanh(backbone)
     return changed + sum(swap_layer_class(backbone, old, new)
                          for old, new in LEAN_CLASSES.items())
+
+
+@contextlib.contextmanager
+def keras_hub_t5_layers(backbone: keras.Model):
+    """Within it, a backbone made lean by `use_lean_t5_layers` computes through KerasHub's layers.
+
+    The lean layers' outputs are KerasHub's; only their gradients differ. A
+    graph traced inside this context (the exported serving graph) therefore
+    computes the same values and holds no custom gradient, which TensorFlow
+    would warn about when the graph is loaded. The lean classes come back on
+    exit.
+
+    Examples:
+
+    >>> backbone = keras_hub.models.T5Backbone(
+    ...     vocabulary_size=40, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32,
+    ...     key_value_dim=8)
+    >>> use_lean_t5_layers(backbone)
+    12
+    >>> with keras_hub_t5_layers(backbone):
+    ...     type(backbone.encoder_layer_norm).__name__
+    'T5LayerNorm'
+    >>> type(backbone.encoder_layer_norm).__name__
+    'T5LayerNormKeepingInput'
+    """
+    keras_hub_class = {lean: plain for plain, lean in LEAN_CLASSES.items()}
+    lean_layers = [layer for layer in backbone._flatten_layers(include_self=False, recursive=True)
+                   if type(layer) in keras_hub_class]
+    for layer in lean_layers:
+        layer.__class__ = keras_hub_class[type(layer)]
+    gelu = keras_hub_gelu_tanh()
+    swapped = swap_feedforward_activation(backbone, gelu_tanh, gelu)
+    try:
+        yield backbone
+    finally:
+        for layer in lean_layers:
+            layer.__class__ = LEAN_CLASSES[type(layer)]
+        if swapped:
+            swap_feedforward_activation(backbone, gelu, gelu_tanh)

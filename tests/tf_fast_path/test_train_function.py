@@ -8,7 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from dss_keras import testing, train_function
+from dss_keras import testing
+from dss_keras.tf_fast_path import train_function
 from dss_keras.data import make_dataset
 
 
@@ -70,15 +71,17 @@ def test_train_on_batch_and_several_steps_per_execution():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pooled, release_memory, trims", [
-    (True, None, 1),  # the default with pooled tensors: once, after the first step
-    (False, None, 0),  # the default with malloc'd tensors: never
-    (False, True, 1),
-    (True, False, 0),
+@pytest.mark.parametrize("asked, pooled, release_memory, trims", [
+    (True, True, None, 1),  # asked for, with pooled tensors: once, after the first step
+    (True, False, None, 0),  # asked for, with malloc'd tensors: never
+    (False, True, None, 0),  # not asked for: glibc's settings are the user's
+    (False, False, True, 1),
+    (True, True, False, 0),
 ])
-def test_the_heap_is_handed_back_once_after_the_first_step(monkeypatch, pooled,
+def test_the_heap_is_handed_back_once_after_the_first_step(monkeypatch, asked, pooled,
                                                            release_memory, trims):
     calls, maps = [], []
+    monkeypatch.setattr(train_function, "fast_cpu_runtime_asked", lambda: asked)
     monkeypatch.setattr(train_function, "release_free_memory", lambda: calls.append(1))
     monkeypatch.setattr(train_function, "map_large_allocations",
                         lambda threshold=None: maps.append(threshold))
@@ -97,7 +100,7 @@ def test_the_heap_is_handed_back_once_after_the_first_step(monkeypatch, pooled,
 # already resident, and the figures say nothing.
 PROBE_SETUP = """
 import ctypes
-from dss_keras.train_function import map_large_allocations, release_free_memory
+from dss_keras.tf_fast_path.train_function import map_large_allocations, release_free_memory
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2**20

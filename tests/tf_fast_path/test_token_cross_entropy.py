@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dss_keras.token_cross_entropy import sparse_cross_entropy
+from dss_keras.tf_fast_path.token_cross_entropy import sparse_cross_entropy
 
 
 def _loss_and_gradient(function, logits, targets, weights):
@@ -81,8 +81,8 @@ def _loss_and_update_benchmark():
     import os
     import sys
 
-    benchmarks = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "benchmarks")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    benchmarks = os.path.join(repo, "benchmarks")
     sys.path.insert(0, benchmarks)  # the script imports its neighbours
     spec = importlib.util.spec_from_file_location(
         "loss_and_update_step", os.path.join(benchmarks, "loss_and_update_step.py"))

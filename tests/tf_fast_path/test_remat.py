@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dss_keras import remat, testing
+from dss_keras import testing
+from dss_keras.tf_fast_path import remat
 from dss_keras.backbones import tiny_t5
 from dss_keras.config import TrainConfig
 from dss_keras.data import make_dataset

@@ -14,13 +14,13 @@ t5-v1_1-small shape of `benchmarks/train_throughput.py` that is about 100 MB
 less kept for the backward pass and 87 MB less at the tensors' peak, at the
 same speed (BENCHMARKS.md).
 
-`dss_keras.lean_t5.T5LayerRecomputingFeedForward` is KerasHub's T5 layer
+`dss_keras.tf_fast_path.lean_t5.T5LayerRecomputingFeedForward` is KerasHub's T5 layer
 computing its block so in training.
 
 Examples:
 
 >>> import numpy as np, tensorflow as tf
->>> from dss_keras.lean_t5 import rms_norm
+>>> from dss_keras.tf_fast_path.lean_t5 import rms_norm
 >>> rng = np.random.default_rng(0)
 >>> x = tf.constant(rng.normal(size=(2, 3, 4)), "float32")
 >>> kernels = [tf.constant(rng.normal(size=shape), "float32")

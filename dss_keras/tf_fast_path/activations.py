@@ -114,5 +114,9 @@ def use_gelu_tanh(backbone: keras.Model) -> int:
     Returns:
         The number of feed-forward projections whose activation was swapped.
     """
-    keras_hub_gelu = keras.saving.get_registered_object("keras_hub>gelu_approximate")
-    return swap_feedforward_activation(backbone, keras_hub_gelu, gelu_tanh)
+    return swap_feedforward_activation(backbone, keras_hub_gelu_tanh(), gelu_tanh)
+
+
+def keras_hub_gelu_tanh():
+    """KerasHub's tanh-GELU (`keras_hub>gelu_approximate`), which its T5 presets use."""
+    return keras.saving.get_registered_object("keras_hub>gelu_approximate")

@@ -11,12 +11,12 @@ by calling the model in pieces:
 - `encode` / `decode`: the encoder and the decoder apart (T5 only), so that
   both tasks' inputs go through the encoder in one call, so that several
   examples can share a row with per-example attention masks
-  (`dss_keras.packing`), and so that each transformer layer can be
+  (`dss_keras.tf_fast_path.packing`), and so that each transformer layer can be
   recomputed in the backward pass instead of storing its activations
-  (`rematerialize=True`, see `dss_keras.remat`).
+  (`rematerialize=True`, see `dss_keras.tf_fast_path.remat`).
 
 Each piece calls the model's own layers in the order its functional graph
-does; `tests/test_fast_loss.py` checks that the pieces give the logits of
+does; `tests/tf_fast_path/test_fast_loss.py` checks that the pieces give the logits of
 `seq2seq_lm(inputs)`.
 
 Examples:
@@ -40,7 +40,7 @@ import keras
 import keras_hub
 import tensorflow as tf
 
-from dss_keras.remat import call_rematerialized
+from dss_keras.tf_fast_path.remat import call_rematerialized
 
 
 class Seq2SeqParts:

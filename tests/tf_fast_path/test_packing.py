@@ -8,8 +8,9 @@ import tensorflow as tf
 from dss_keras import testing
 from dss_keras.data import make_dataset
 from dss_keras.model import DistillStepByStep
-from dss_keras.packing import check_examples_per_row, pack_task, round_up
-from dss_keras.seq2seq_parts import Seq2SeqParts
+from dss_keras.tf_fast_path.packing import check_examples_per_row, pack_task, round_up
+from dss_keras.tf_fast_path.seq2seq_parts import Seq2SeqParts
+from dss_keras.tf_fast_path.task_losses import packs_rows
 
 
 def _inputs(encoder_lengths, decoder_lengths, seed=0):
@@ -110,9 +111,9 @@ def test_states_gathered_from_packed_rows_equal_the_padded_batch():
 
 def test_packing_is_only_for_t5_outside_xla_and_options_are_checked():
     model = testing.tiny_model(examples_per_row=4)
-    assert model._packs_rows()
+    assert packs_rows(model)
     model.compile(optimizer="adam", jit_compile=True)
-    assert not model._packs_rows()  # XLA wants static shapes: the padded batch runs
+    assert not packs_rows(model)  # XLA wants static shapes: the padded batch runs
     for wrong in (0, 2.0, "2", True):
         with pytest.raises(ValueError, match="examples_per_row"):
             testing.tiny_model(examples_per_row=wrong)
@@ -132,8 +133,8 @@ def test_both_tasks_share_the_rows_with_a_shared_encoder_pass(monkeypatch, share
     x, y, w = next(iter(dataset))
     rows = []
     for name in ("encode", "decode"):
-        call = getattr(model._parts, name)
-        monkeypatch.setattr(model._parts, name, lambda ids, *a, _call=call, **k:
+        call = getattr(model.seq2seq_parts, name)
+        monkeypatch.setattr(model.seq2seq_parts, name, lambda ids, *a, _call=call, **k:
                             rows.append(ids.shape[0]) or _call(ids, *a, **k))
     model.compute_task_losses(x, y, w)
     # Six examples per task in rows of two: three rows per task, or six for both at once.

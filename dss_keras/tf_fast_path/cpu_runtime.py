@@ -1,23 +1,27 @@
-"""TensorFlow's faster CPU settings for training: pooled memory and oneDNN kernels.
+"""TensorFlow's faster CPU settings for training, set only when asked.
 
-Two of TensorFlow's defaults cost a CPU training step time:
+The library changes no process-wide setting by itself: a user's process is
+the user's. `use_fast_cpu_runtime()` is the one call that asks for these
+settings; `dss-keras` and the recipes, which own their process, make it at
+start-up.
 
-- Its CPU tensors come from the C library's `malloc`. A step's largest
-  tensors (the embedding gradient, the logits) are big enough that glibc maps
-  them fresh from the kernel and unmaps them when freed, so every step pays
-  page faults and page clearing for them again. TensorFlow's
-  best-fit-with-coalescing (BFC) allocator, the one it uses on GPUs, keeps
-  that memory pooled (`TF_CPU_ALLOCATOR_USE_BFC=true`, read when TensorFlow's
-  runtime starts: its first operation).
-- It rewrites its graphs onto oneDNN's kernels only on CPUs with AVX-512
-  VNNI, BF16 or AMX; elsewhere (AVX2 CPUs) MatMul runs through Eigen
-  (`TF_ENABLE_ONEDNN_OPTS=1`, read when TensorFlow is imported).
+- Pooled CPU memory (`TF_CPU_ALLOCATOR_USE_BFC=true`, read at TensorFlow's
+  first operation). TensorFlow's CPU tensors otherwise come from `malloc`,
+  and a step's largest ones (the embedding gradient, the logits) are mapped
+  fresh from the kernel and unmapped when freed, so every step pays page
+  faults and page clearing for them again.
+- oneDNN's kernels (`TF_ENABLE_ONEDNN_OPTS=1`, read when TensorFlow is
+  imported). TensorFlow uses them by itself only on CPUs with AVX-512 VNNI,
+  BF16 or AMX; elsewhere (AVX2) MatMul runs through Eigen.
+- glibc's heap handed back after the first training step, and the step's
+  large temporaries as they are freed, through `mallopt` and `malloc_trim`
+  (`train_function.flat_train_function`'s `release_memory`).
 
-At the T5-small training shape of BENCHMARKS.md, on an AVX2 CPU, each was
-worth 5-11% of the step time, for 1-2% more peak memory. `dss-keras` and the
-recipes turn both on at start-up, unless the variable is set already (`=false`
-and `=0` keep TensorFlow's defaults). A script that uses the library calls
-`use_fast_cpu_runtime()` before it imports Keras or TensorFlow:
+At the T5-small training shape of BENCHMARKS.md, on an AVX2 CPU, each of the
+first two was worth 5-11% of the step time, for 1-2% more peak memory; the
+third lowers peak RSS (`train_function` has the figures). A variable the user
+has set wins (`=false` and `=0` keep TensorFlow's defaults). A script makes
+the call before it imports Keras or TensorFlow:
 
 ```python
 import dss_keras
@@ -35,12 +39,16 @@ import sys
 POOLED_ALLOCATOR = "TF_CPU_ALLOCATOR_USE_BFC"
 ONEDNN_KERNELS = "TF_ENABLE_ONEDNN_OPTS"
 
+_asked = False  # whether this process called use_fast_cpu_runtime()
+
 
 def use_fast_cpu_runtime(warn: bool = True) -> dict[str, bool]:
-    """Turns on the pooled CPU allocator and oneDNN kernels where the user has not chosen.
+    """Turns on the pooled CPU allocator, oneDNN kernels and glibc heap release.
 
-    A setting TensorFlow has read already (oneDNN at import, the allocator at
-    the first operation) is left as it is.
+    Environment variables the user has set are left as they are, and so is a
+    setting TensorFlow has read already (oneDNN at import, the allocator at
+    the first operation). The heap release applies to models trained after
+    the call, when the tensors are pooled.
 
     Args:
         warn: Log a warning when a setting is off because TensorFlow read it
@@ -51,6 +59,8 @@ def use_fast_cpu_runtime(warn: bool = True) -> dict[str, bool]:
         in effect. With oneDNN TensorFlow pools CPU memory in its own
         allocator whatever `TF_CPU_ALLOCATOR_USE_BFC` says.
     """
+    global _asked
+    _asked = True
     too_late = []
     if "tensorflow" in sys.modules:
         onednn = onednn_in_effect()
@@ -69,6 +79,11 @@ def use_fast_cpu_runtime(warn: bool = True) -> dict[str, bool]:
             "TensorFlow read %s before use_fast_cpu_runtime() was called, so it keeps its "
             "default; call it before importing Keras or TensorFlow.", " and ".join(too_late))
     return {"onednn_kernels": onednn, "pooled_allocator": pooled}
+
+
+def fast_cpu_runtime_asked() -> bool:
+    """Whether this process called `use_fast_cpu_runtime()`."""
+    return _asked
 
 
 def _is_true(value: str) -> bool:

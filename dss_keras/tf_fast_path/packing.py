@@ -12,7 +12,7 @@ masks that let a token see only tokens of its own example:
 T5 needs nothing else: its relative position bias depends only on the
 distance between two positions, which packing keeps within an example, so
 each example's hidden states are those of the padded batch (to rounding;
-`tests/test_packing.py` checks outputs and gradients). BART's absolute
+`tests/tf_fast_path/test_packing.py` checks outputs and gradients). BART's absolute
 position embeddings would change, so only T5 is packed.
 
 Rows are filled in a "snake" order of decreasing example length (row 0, 1,

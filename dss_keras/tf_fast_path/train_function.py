@@ -13,9 +13,10 @@ during the first step, so that the large ones go back to the system as they
 are freed (`map_large_allocations()`; after it, a fixed 32 MiB, the highest
 glibc's own threshold goes, as some blocks of that size are made every step),
 and after the first step the rest is handed back with glibc's `malloc_trim`
-(`release_free_memory()`). By default this happens when TensorFlow's CPU
-tensors come from a pooled allocator (BFC or oneDNN's, as `dss-keras` sets
-up): at the t5-v1_1-small shape the trim took 24-277 MB (159 on the mean) off
+(`release_free_memory()`). This changes glibc's settings for the whole
+process, so by default it happens only where the user asked for it
+(`dss_keras.use_fast_cpu_runtime()`, which `dss-keras` calls) and TensorFlow's
+CPU tensors come from a pooled allocator (BFC or oneDNN's): at the t5-v1_1-small shape the trim took 24-277 MB (159 on the mean) off
 peak RSS and the mappings 16-25 MB more, at the same speed. With glibc's
 `malloc` for tensors the steps were 8-12% slower after the trim (each step
 faulted the heap's pages in again), so it stays off there. BENCHMARKS.md has
@@ -31,7 +32,7 @@ from typing import Callable
 import tensorflow as tf
 from keras.src.backend.tensorflow.trainer import reduce_per_replica
 
-from dss_keras.cpu_runtime import pooled_allocator_in_effect
+from dss_keras.tf_fast_path.cpu_runtime import fast_cpu_runtime_asked, pooled_allocator_in_effect
 
 
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
@@ -57,23 +58,13 @@ def map_large_allocations(threshold: int = LARGE_ALLOCATION) -> bool:
     temporaries of tracing and optimising the first step from adding to its
     peak.
 
-    Examples:
-
-    >>> map_large_allocations(STEADY_LARGE_ALLOCATION) in (True, False)
-    True
     """
     mallopt = _glibc_function("mallopt")
     return mallopt is not None and bool(mallopt(M_MMAP_THRESHOLD, int(threshold)))
 
 
 def release_free_memory() -> bool:
-    """Returns the C heap's free pages to the system; False without glibc.
-
-    Examples:
-
-    >>> release_free_memory() in (True, False)
-    True
-    """
+    """Returns the C heap's free pages to the system; False without glibc."""
     trim = _glibc_function("malloc_trim")
     if trim is None:
         return False
@@ -93,7 +84,9 @@ def flat_train_function(model, release_memory: bool | None = None) -> Callable:
         model: A compiled Keras model.
         release_memory: Map large allocations on their own during the first
             step, and hand the C heap's free pages back to the system once,
-            after it. `None` (the default): when TensorFlow's CPU
+            after it (glibc's settings are the process's: see the module
+            docstring). `None` (the default): when this process asked for it
+            with `dss_keras.use_fast_cpu_runtime()` and TensorFlow's CPU
             tensors come from a pooled allocator, so that the steps after it
             do not fault those pages in again.
 
@@ -125,7 +118,7 @@ def flat_train_function(model, release_memory: bool | None = None) -> Callable:
     def train_function(iterator):
         nonlocal first_step_done, release_memory
         if release_memory is None:
-            release_memory = pooled_allocator_in_effect()
+            release_memory = fast_cpu_runtime_asked() and pooled_allocator_in_effect()
         if release_memory and not first_step_done:
             map_large_allocations()
         if isinstance(iterator, (tf.data.Iterator, tf.distribute.DistributedIterator)):

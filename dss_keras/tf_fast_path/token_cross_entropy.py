@@ -5,7 +5,7 @@ gradient (the probabilities less the one-hot target) in one CPU kernel, which
 on a `[tokens, vocabulary]` matrix of a T5's target tokens (vocabulary 32,128)
 took about three times as long as the same arithmetic as separate ops: a row
 maximum, one `exp`, a row sum, and for the gradient one product and a scatter
-of the targets' `-1`s (BENCHMARKS.md, "Token cross-entropy as separate ops").
+of the targets' `-1`s (BENCHMARKS.md, "Parts of the training step").
 `sparse_cross_entropy` is that arithmetic, with the exponentials kept for the
 backward pass as TensorFlow keeps its probabilities.
 

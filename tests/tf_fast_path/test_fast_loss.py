@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dss_keras import backbones, optimizers, packing, testing
+from dss_keras import backbones, optimizers, testing
+from dss_keras.tf_fast_path import packing
 from dss_keras.data import make_dataset
 from dss_keras.model import DistillStepByStep
-from dss_keras.seq2seq_parts import Seq2SeqParts
+from dss_keras.tf_fast_path.seq2seq_parts import Seq2SeqParts
+from dss_keras.tf_fast_path.task_losses import packs_rows
 
 FAST_OPTIONS = {
     "gather": dict(logits_at_targets_only=True, shared_encoder_pass=False, examples_per_row=1),
@@ -21,7 +23,7 @@ FAST_OPTIONS = {
                   examples_per_row=1),
     "remat_shared_encoder": dict(logits_at_targets_only=False, shared_encoder_pass=True,
                                  rematerialize=True, examples_per_row=1),
-    # Packing (dss_keras.packing): 12 examples in rows of up to 4 (3 rows), 5 (3 rows, one
+    # Packing (dss_keras.tf_fast_path.packing): 12 examples in rows of up to 4 (3 rows), 5 (3 rows, one
     # shorter) and 12 (one row), with and without rematerialisation; "joint": both tasks'
     # 24 examples in the same rows. Rows and projected tokens are rounded up to multiples
     # of 16 (`pad_to_multiple_of`'s default) but in "exact_lengths".
@@ -121,8 +123,8 @@ def _projected_rows(fast, monkeypatch):
     """The batch, and the rows of each projection onto the vocabulary in its loss."""
     x, y, w = _batch(fast)
     rows = []
-    project = fast._parts.vocabulary_logits
-    monkeypatch.setattr(fast._parts, "vocabulary_logits",
+    project = fast.seq2seq_parts.vocabulary_logits
+    monkeypatch.setattr(fast.seq2seq_parts, "vocabulary_logits",
                         lambda hidden: rows.append(hidden.shape[0]) or project(hidden))
     fast.compute_task_losses(x, y, w)
     return w, rows
@@ -140,7 +142,7 @@ def test_packed_tasks_share_one_projection_of_their_real_target_tokens(monkeypat
     # One product for the LM head's gradient, not one per task added up afterwards; its
     # rows rounded up to the multiple (a bounded set of shapes).
     _, fast = _plain_and_fast(dict(FAST_OPTIONS["packed_2_joint"], pad_to_multiple_of=multiple))
-    assert fast._packs_rows()
+    assert packs_rows(fast)
     w, rows = _projected_rows(fast, monkeypatch)
     real = int(tf.reduce_sum(w["label"])) + int(tf.reduce_sum(w["rationale"]))
     assert rows == [packing.round_up(real, multiple)]
@@ -228,7 +230,7 @@ def test_packed_path_in_mixed_bfloat16_computes_the_plain_loss(monkeypatch):
     x, y, w = _batch(plain)
     plain_loss, plain_stats = plain.compute_task_losses(x, y, w)
     fast_loss, fast_stats = fast.compute_task_losses(x, y, w)
-    assert lm.backbone.compute_dtype == "bfloat16" and fast._packs_rows()
+    assert lm.backbone.compute_dtype == "bfloat16" and packs_rows(fast)
     # bfloat16 keeps 8 bits of mantissa, and the packed rows' sums round differently (about
     # 4e-5 of the loss here); an example seeing another moves it by more (below).
     np.testing.assert_allclose(fast_loss, plain_loss, rtol=1e-3)
