@@ -66,7 +66,8 @@ def reference_greedy_decode(
 
 @pytest.fixture(scope="module")
 def lm():
-    return testing.tiny_seq2seq_lm(num_layers=2)
+    # Random weights whose greedy rows end at the end token on some inputs only.
+    return testing.tiny_seq2seq_lm(num_layers=2, seed=4)
 
 
 @pytest.fixture(scope="module")
