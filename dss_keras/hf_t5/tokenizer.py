@@ -14,12 +14,16 @@ SentencePiece model.
 
 Written: `spiece.model`, and a `tokenizer_config.json` and `special_tokens_map.json` that name
 `T5Tokenizer`, its special tokens and as many sentinels as the embedding has spare rows for
-(at most 100).
+(at most 100). transformers 4 reads any SentencePiece model as trained; transformers 5's
+`T5Tokenizer` reads every one as a Unigram model, which Google's T5 vocabularies are but
+dss-keras' own `train_sentencepiece` (BPE by default) is not: for such a vocabulary a warning
+says that transformers 5 splits some texts differently (the weights are exact either way).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -30,6 +34,8 @@ from dss_keras.hf_t5.config import DEFAULTS
 SPIECE = "spiece.model"
 TOKENIZER_JSON = "tokenizer.json"
 MAX_SENTINELS = 100
+
+logger = logging.getLogger(__name__)
 
 
 def read_tokenizer(directory: str, config: dict[str, Any]) -> keras_hub.models.T5Tokenizer:
@@ -98,6 +104,14 @@ def write_tokenizer(directory: str, tokenizer, vocabulary_rows: int) -> None:
     if not isinstance(proto, bytes):
         raise ValueError("Writing a transformers checkpoint needs a SentencePiece tokenizer "
                          f"(T5's). Received: tokenizer={type(tokenizer).__name__}")
+    model_type = sentencepiece_type(proto)
+    if model_type != "UNIGRAM":
+        logger.warning(
+            "%s: the SentencePiece model is %s; transformers 5's T5Tokenizer reads it as a "
+            "Unigram model and splits some texts differently (transformers 4 and the "
+            "sentencepiece library read it as trained). Train the vocabulary with "
+            "model_type='unigram' for a student that transformers 5 tokenizes exactly.",
+            directory, model_type)
     sentinels = max(0, min(MAX_SENTINELS, vocabulary_rows - tokenizer.vocabulary_size()))
     special = {"eos_token": tokenizer.end_token, "pad_token": tokenizer.pad_token,
                "unk_token": tokenizer.id_to_token(_unknown_id(tokenizer))}
@@ -109,6 +123,14 @@ def write_tokenizer(directory: str, tokenizer, vocabulary_rows: int) -> None:
     sentinel_tokens = [f"<extra_id_{i}>" for i in range(sentinels)]
     _write_json(os.path.join(directory, "special_tokens_map.json"),
                 {**special, "additional_special_tokens": sentinel_tokens})
+
+
+def sentencepiece_type(proto: bytes) -> str:
+    """`"UNIGRAM"`, `"BPE"`, `"WORD"` or `"CHAR"`: how a SentencePiece model splits text."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    spec = sentencepiece_model_pb2.ModelProto.FromString(proto).trainer_spec
+    return spec.ModelType.Name(spec.model_type)
 
 
 def _unknown_id(tokenizer) -> int:

@@ -76,6 +76,9 @@ def save_checkpoint(
                          f"Received: backbone={type(backbone).__name__}")
     if tokenizer is None:
         tokenizer = getattr(getattr(seq2seq_lm, "preprocessor", None), "tokenizer", None)
+    if tokenizer is None:
+        raise ValueError("A checkpoint needs the model's tokenizer: pass `tokenizer` for a "
+                         "model without a preprocessor. Received: preprocessor=None")
     config = checkpoint_config(backbone.get_config(), pad_token_id=tokenizer.pad_token_id,
                                eos_token_id=tokenizer.end_token_id, extra=extra_config)
     tensors = {weight.name: _array(weight) for weight in layout.weight_table(backbone)}
