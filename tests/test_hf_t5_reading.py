@@ -92,10 +92,31 @@ def test_the_fixtures_tell_layer_norm_epsilon_apart(tmp_path):
     assert np.abs(logits - arrays["logits"]).max() > 10 * LOGITS_TOLERANCE
 
 
-def test_dropout_and_dtype_can_be_chosen():
-    lm = hf_t5.load_checkpoint(os.path.join(FIXTURES, "t5_v1_1"), dropout=0.0, dtype="bfloat16")
+def test_dropout_dtype_and_random_weights_can_be_chosen():
+    path = os.path.join(FIXTURES, "t5_v1_1")
+    lm = hf_t5.load_checkpoint(path, dropout=0.0, dtype="bfloat16")
     assert lm.backbone.dropout == 0.0
     assert lm.backbone.token_embedding.embeddings.dtype == "bfloat16"
+    random = hf_t5.load_checkpoint(path, load_weights=False)
+    _, arrays = reference("t5_v1_1")
+    assert np.abs(our_logits(random, arrays) - arrays["logits"]).max() > 0.1
+
+
+def test_fields_and_layouts_read_with_a_warning(tmp_path, caplog):
+    # An unknown field is reported; a head stored as the embedding (transformers 5's way of
+    # saving an untied T5 v1.1 whose head still equals it) is copied, with a warning.
+    from safetensors.numpy import load_file, save_file
+
+    directory = edited_copy(tmp_path, "mt5", config={"new_field": 1})
+    path = os.path.join(directory, "model.safetensors")
+    tensors = {k: v for k, v in load_file(path).items() if k != "lm_head.weight"}
+    save_file(tensors, path, metadata={"format": "pt"})
+    lm = hf_t5.load_checkpoint(directory)
+    assert "fields not read" in caplog.text and "new_field" in caplog.text
+    assert "has no lm_head.weight" in caplog.text
+    embedding = lm.backbone.token_embedding
+    np.testing.assert_array_equal(embedding.reverse_embeddings.numpy().T,
+                                  embedding.embeddings.numpy())
 
 
 def test_from_preset_routes_a_local_checkpoint_and_leaves_keras_hub_presets(tmp_path,
@@ -118,6 +139,15 @@ def test_from_preset_routes_a_local_checkpoint_and_leaves_keras_hub_presets(tmp_
     assert backbones.from_preset("t5_1.1_small") == "keras_hub's"
     assert backbones.from_preset(str(tmp_path / "bart")) == "keras_hub's"
     assert calls == ["t5_1.1_small", str(tmp_path / "bart")]
+
+
+def test_a_run_config_may_name_a_checkpoint_directory_as_its_preset():
+    from dss_keras.config import TrainConfig
+    from dss_keras.training import build_seq2seq_lm
+
+    config = TrainConfig(preset=os.path.join(FIXTURES, "mt5")).resolved()
+    lm = build_seq2seq_lm(config, [], "unused: no vocabulary is trained for a checkpoint")
+    assert lm.backbone.layer_norm_epsilon == 1e-3 and lm.backbone.num_heads == 3
 
 
 def test_hf_handles_download_through_huggingface_hub(tmp_path, monkeypatch):

@@ -2,17 +2,21 @@
 
 Every field that changes what the model computes is either honoured or refused by name:
 
-| `config.json` field                   | in KerasHub's `T5Backbone`                              |
-|---------------------------------------|---------------------------------------------------------|
-| `d_model`, `d_kv`, `d_ff`, `num_heads`, `num_layers` | `hidden_dim`, `key_value_dim`, `intermediate_dim`, `num_heads`, `num_layers` |
-| `num_decoder_layers`                  | must equal `num_layers` (one count for both stacks)     |
-| `feed_forward_proj`                   | `activation` and `use_gated_activation` (`ACTIVATIONS`) |
-| `tie_word_embeddings` (`scale_decoder_outputs` in files written by transformers 5) | `tie_embedding_weights`: tied embeddings and logits scaled by `d_model ** -0.5`, or neither |
-| `layer_norm_epsilon`, `dropout_rate`  | `layer_norm_epsilon`, `dropout`                         |
-| `vocab_size`                          | `vocabulary_size` (at least the tokenizer's pieces)     |
-| `relative_attention_num_buckets`, `relative_attention_max_distance` | must be 32 and 128 (fixed in KerasHub) |
-| `pad_token_id`, `eos_token_id`, `decoder_start_token_id` | must be the tokenizer's pad, end and pad ids |
-| `model_type`                          | `t5` or `mt5`; `umt5` is refused (a position bias per layer) |
+- `d_model`, `d_kv`, `d_ff`, `num_heads`, `num_layers`: the backbone's `hidden_dim`,
+  `key_value_dim`, `intermediate_dim`, `num_heads`, `num_layers`;
+- `num_decoder_layers`: must equal `num_layers` (KerasHub has one count for both stacks);
+- `feed_forward_proj`: `activation` and `use_gated_activation` (see `ACTIVATIONS`;
+  `"gated-gelu"` is the tanh approximation);
+- `tie_word_embeddings` (or `scale_decoder_outputs`, which transformers 5 writes):
+  `tie_embedding_weights`, i.e. a tied output layer with logits scaled by `d_model ** -0.5`
+  (original T5), or an untied one without the scale (T5 v1.1, Flan-T5, mT5);
+- `layer_norm_epsilon`, `dropout_rate`: `layer_norm_epsilon`, `dropout`;
+- `vocab_size`: `vocabulary_size` (at least the tokenizer's pieces);
+- `relative_attention_num_buckets`, `relative_attention_max_distance`: must be 32 and 128,
+  which KerasHub fixes;
+- `pad_token_id`, `eos_token_id`, `decoder_start_token_id`: must be the tokenizer's pad, end
+  and pad ids (checked in `dss_keras.hf_t5.tokenizer`);
+- `model_type`: `t5` or `mt5`; `umt5` is refused (it has a position bias in every layer).
 
 `IGNORED` lists the fields that do not change the computation (initialisation, caching,
 generation defaults); any other field is reported in a warning, not read.
@@ -27,10 +31,10 @@ Examples:
 >>> arguments["activation"].__name__  # registered as "keras_hub>gelu_approximate"
 'gelu_approximate'
 >>> backbone_arguments({"model_type": "t5", "num_layers": 6, "num_decoder_layers": 3},
-...                    "config.json")
+...                    "config.json")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-ValueError: config.json: KerasHub's T5 has one layer count for the encoder and the decoder; this checkpoint has 6 and 3. Received: num_decoder_layers=3
+ValueError: config.json: KerasHub's T5 has one layer count ... Received: num_decoder_layers=3
 """
 
 from __future__ import annotations

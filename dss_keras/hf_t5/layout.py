@@ -1,22 +1,22 @@
 """Where each weight of a `transformers` T5 checkpoint lives in a KerasHub `T5Backbone`.
 
-One table serves both directions (reading a checkpoint and writing one):
+One table serves both directions (reading a checkpoint and writing one). With `S` the stack
+(`encoder` or `decoder`), `i` a block, and `^T` a transpose (PyTorch's `Linear` stores
+`[out, in]`, Keras' `Dense` `[in, out]`):
 
-| checkpoint name (block `i`, stack `encoder` or `decoder`)  | `T5Backbone` variable                   |
-|------------------------------------------------------------|-----------------------------------------|
-| `shared.weight` `[vocab, d_model]`                          | `token_embedding.embeddings`            |
-| `lm_head.weight` `[vocab, d_model]` (untied only)           | `token_embedding.reverse_embeddings`^T  |
-| `<stack>.block.i.layer.0.SelfAttention.{q,k,v,o}.weight`    | `self_attention.{query,key,value,output}_projector.kernel`^T |
-| `<stack>.block.0.layer.0.SelfAttention.relative_attention_bias.weight` | `self_attention.relative_attention_bias` |
-| `<stack>.block.i.layer.0.layer_norm.weight`                 | `self_attention_layer_norm.weight`      |
-| `decoder.block.i.layer.1.EncDecAttention.{q,k,v,o}.weight`  | `cross_attention.*_projector.kernel`^T  |
-| `decoder.block.i.layer.1.layer_norm.weight`                 | `cross_attention_layer_norm.weight`     |
-| `<stack>.block.i.layer.{1,2}.DenseReluDense.wi.weight` (or `wi_0`, `wi_1` when gated) | `input_projector.kernel`^T (`gate_projector.kernel`^T for `wi_1`) |
-| `<stack>.block.i.layer.{1,2}.DenseReluDense.wo.weight`      | `output_projector.kernel`^T             |
-| `<stack>.block.i.layer.{1,2}.layer_norm.weight`             | `layer_norm.weight`                     |
-| `<stack>.final_layer_norm.weight`                           | `encoder_layer_norm.weight`, `decoder_layer_norm.weight` |
-
-^T: PyTorch's `Linear` stores `[out, in]`, Keras' `Dense` `[in, out]`.
+- `shared.weight` -> `token_embedding.embeddings`; `lm_head.weight` (untied only) ->
+  `token_embedding.reverse_embeddings`^T;
+- `S.block.i.layer.0.SelfAttention.{q,k,v,o}.weight` ->
+  `self_attention.{query,key,value,output}_projector.kernel`^T, and in block 0
+  `...SelfAttention.relative_attention_bias.weight` -> `self_attention.relative_attention_bias`;
+  `S.block.i.layer.0.layer_norm.weight` -> `self_attention_layer_norm.weight`;
+- decoder only: `decoder.block.i.layer.1.EncDecAttention.*` -> `cross_attention.*`^T and
+  `decoder.block.i.layer.1.layer_norm.weight` -> `cross_attention_layer_norm.weight`;
+- the feed-forward block (`layer.1` in the encoder, `layer.2` in the decoder):
+  `DenseReluDense.wi` (or, gated, `wi_0` and `wi_1`) -> `input_projector.kernel`^T (and
+  `gate_projector.kernel`^T), `DenseReluDense.wo` -> `output_projector.kernel`^T,
+  `layer_norm.weight` -> `layer_norm.weight`;
+- `S.final_layer_norm.weight` -> `encoder_layer_norm.weight` / `decoder_layer_norm.weight`.
 
 Examples:
 

@@ -10,6 +10,7 @@ unknown or missing tensor is an error that names it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import keras_hub
@@ -19,6 +20,8 @@ from dss_keras.hf_t5 import layout
 from dss_keras.hf_t5.config import backbone_arguments
 from dss_keras.hf_t5.tokenizer import read_tokenizer
 from dss_keras.hf_t5.weights import CheckpointWeights
+
+logger = logging.getLogger(__name__)
 
 
 def load_checkpoint(
@@ -110,8 +113,14 @@ def assign_weights(backbone, weights) -> None:
                       "KerasHub's T5 scales only a tied one")
             raise ValueError(f"{source}: {copy} differs from {layout.SHARED}; {reason}. "
                              f"Received: tensor={copy}")
+    if not tied and layout.LM_HEAD not in weights:
+        logger.warning(
+            "%s: config.json asks for an untied output layer without the d_model ** -0.5 "
+            "scale, and the checkpoint has no %s (transformers 5 saves a T5 v1.1 whose head "
+            "still equals %s that way, and trains the two as one tensor). The KerasHub model "
+            "gets a copy of %s as its own output layer: the same outputs, but it trains "
+            "separately.", source, layout.LM_HEAD, layout.SHARED, layout.SHARED)
     for weight in table:
-        # An untied, unscaled head may be stored as the embedding itself (no lm_head.weight).
         present = weight.name in weights and weight.name != layout.SHARED
         value = weights[weight.name] if present else shared
         if weight.transposed:
