@@ -77,6 +77,9 @@ IGNORED = frozenset({
     "torch_dtype", "dtype", "task_specific_params", "_name_or_path", "classifier_dropout",
     "is_decoder", "gradient_checkpointing", "tokenizer_class", "bos_token_id", "max_length",
     "return_dict", "output_attentions", "output_hidden_states", "id2label", "label2id",
+    # generation defaults
+    "early_stopping", "length_penalty", "min_length", "no_repeat_ngram_size", "num_beams",
+    "prefix",
 })
 _HONOURED = frozenset(DEFAULTS) | {"model_type", "num_decoder_layers", "scale_decoder_outputs"}
 
@@ -115,8 +118,9 @@ def backbone_arguments(config: dict[str, Any], source: str) -> dict[str, Any]:
     activation, gated = feed_forward(value("feed_forward_proj"), source)
     unread = sorted(set(config) - _HONOURED - IGNORED)
     if unread:
-        logger.warning("%s: fields not read (they do not change T5's computation as far as "
-                       "dss_keras knows): %s", source, ", ".join(unread))
+        logger.warning("%s: fields not read, unknown to dss_keras (if one changes what the "
+                       "model computes, the KerasHub model differs): %s", source,
+                       ", ".join(unread))
     return dict(
         vocabulary_size=int(value("vocab_size")), num_layers=int(value("num_layers")),
         num_heads=int(value("num_heads")), hidden_dim=int(value("d_model")),
@@ -199,7 +203,6 @@ def checkpoint_config(backbone_config: dict[str, Any], *, pad_token_id: int, eos
         "tie_word_embeddings": bool(c["tie_embedding_weights"]),
         "is_encoder_decoder": True, "pad_token_id": pad_token_id, "eos_token_id": eos_token_id,
         "decoder_start_token_id": pad_token_id, "initializer_factor": 1.0, "use_cache": True,
-        "torch_dtype": "float32",
     }
     config.update(extra or {})
     return config
