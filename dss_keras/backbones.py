@@ -3,7 +3,9 @@
 Three ways to get a `keras_hub.models.Seq2SeqLM`:
 
 - `from_preset("t5_1.1_base")`: a KerasHub preset name (downloaded once and
-  cached by KerasHub) or a local preset directory;
+  cached by KerasHub) or a local preset directory; or a `transformers` T5
+  checkpoint (`"hf://google/flan-t5-base"` or its local directory), read by
+  `dss_keras.hf_t5`;
 - `tiny_t5(proto=...)`: a small, randomly initialised T5 v1.1 on a
   SentencePiece vocabulary (`dss_keras.vocabulary.train_vocabulary` trains one
   on the fly; quickstart, tests and from-scratch experiments);
@@ -141,19 +143,31 @@ def reinitialize_token_embeddings(backbone: keras.Model, seed: int = 0) -> None:
 def from_preset(
     preset: str, *, load_weights: bool = True, **kwargs
 ) -> keras_hub.models.Seq2SeqLM:
-    """Loads a `Seq2SeqLM` from a KerasHub preset name or a local preset directory.
+    """Loads a `Seq2SeqLM` from a KerasHub preset or a `transformers` T5 checkpoint.
+
+    T5-family `transformers` checkpoints (T5, T5 v1.1, Flan-T5, mT5), as an
+    `hf://owner/name` handle or a local directory, are read by
+    `dss_keras.hf_t5.load_checkpoint`; everything else, `hf://` handles of
+    other models included, by KerasHub.
 
     Args:
         preset: A preset name such as `"t5_1.1_base"`, a `kaggle://` or
-            `hf://` handle, or a local directory written by
-            `save_to_preset()`.
+            `hf://` handle (e.g. `"hf://google/flan-t5-base"`), a local
+            directory written by `save_to_preset()`, or a local `transformers`
+            checkpoint directory.
         load_weights: `False` builds the architecture with random weights.
-        **kwargs: Passed to `keras_hub.models.Seq2SeqLM.from_preset`.
+        **kwargs: Passed to `keras_hub.models.Seq2SeqLM.from_preset`, or `dtype`
+            to `dss_keras.hf_t5.load_checkpoint`.
 
     Raises:
         RuntimeError: when the preset cannot be fetched; the message names the
             preset and says how to use a local directory instead.
     """
+    from dss_keras import hf_t5
+
+    checkpoint = hf_t5.checkpoint_directory(preset)
+    if checkpoint is not None:
+        return hf_t5.load_checkpoint(checkpoint, load_weights=load_weights, **kwargs)
     if os.path.isdir(preset):
         return keras_hub.models.Seq2SeqLM.from_preset(
             preset, load_weights=load_weights, **kwargs

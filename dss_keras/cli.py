@@ -141,10 +141,18 @@ def _predict(args) -> int:
 
 
 def _export(args) -> int:
-    from dss_keras.export import export_for_serving
+    if args.format == "hf":
+        from dss_keras.hf_t5 import export_for_transformers
 
-    model = _load_model(args.run_dir)
-    path = export_for_serving(model, args.export_dir, args.version, name=args.name)
+        if args.version is not None:
+            args.parser.error("--version numbers SavedModels; --format hf writes <base>/hf")
+        path = export_for_transformers(_load_model(args.run_dir), args.export_dir,
+                                       name=args.name)
+    else:
+        from dss_keras.export import export_for_serving
+
+        path = export_for_serving(_load_model(args.run_dir), args.export_dir, args.version,
+                                  name=args.name)
     print(f"Exported {path}")
     return 0
 
@@ -229,12 +237,17 @@ def _add_model_commands(commands) -> None:
     predict.add_argument("--explain", action="store_true", help="generate rationales")
     predict.set_defaults(run=_predict, parser=predict)
 
-    export = _add_command(commands, "export", help="write a label-only SavedModel for TF Serving")
+    export = _add_command(commands, "export", help="write a label-only SavedModel for TF "
+                          "Serving, or a transformers checkpoint (--format hf)")
     export.add_argument("run_dir", help="run directory (or a .keras file)")
-    export.add_argument("--name", help="model name: exports go to saved_models/<name>/<version>")
+    export.add_argument("--format", choices=("savedmodel", "hf"), default="savedmodel",
+                        help="savedmodel: saved_models/<name>/<version>; hf: a transformers T5 "
+                             "checkpoint in saved_models/<name>/hf")
+    export.add_argument("--name", help="model name: the base directory is saved_models/<name>")
     export.add_argument("--export-dir", help="the model's base directory (instead of --name)")
-    export.add_argument("--version", type=int, help="version number (default: the next one)")
-    export.set_defaults(run=_export)
+    export.add_argument("--version", type=int,
+                        help="SavedModel version number (default: the next one)")
+    export.set_defaults(run=_export, parser=export)
 
 
 # --- quickstart ----------------------------------------------------------------
