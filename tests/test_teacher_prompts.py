@@ -18,7 +18,8 @@ OFFICIAL = _ROOT / "dss_official" if (_ROOT / "dss_official").is_dir() else _ROO
 def test_builtin_demonstrations_parse_back_to_their_labels(task):
     template = get_template(task)
     assert 8 <= len(template.demonstrations) <= 12
-    assert template.version == f"{task}-v1"
+    assert template.version == f"{task}-{template.digest()}"
+    assert template.aliases == (f"{task}-v1",)  # the same prompt as before versions were digests
     template.check()
     labels = [template.parse(template.render_answer(d)).label
               for d in template.demonstrations]

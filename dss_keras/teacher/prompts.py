@@ -25,9 +25,12 @@ assistant turn.
 Built-in templates: `cqa`, `svamp`, `esnli`, `anli1`, with demonstrations
 written for this package (`dss_keras/teacher/demonstrations/*.jsonl`). A
 custom task gives its own demonstrations, instruction and answer format (see
-`custom_template` and `ANSWER_KINDS`). Every template has a `version`, stored
-with each teacher output; a custom template's version is a digest of what it
-shows the teacher, so that changing a demonstration changes the version.
+`custom_template` and `ANSWER_KINDS`); a built-in task takes other
+demonstrations or another instruction too (`get_template`). Every template
+has a `version`, stored with each teacher output: `<task>-<digest>` of what
+it shows the teacher (`PromptTemplate.digest`), so that changing a
+demonstration changes the version. Outputs written under the older names
+(`cqa-v1`) resume while the prompt is the same (`PromptTemplate.aliases`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from dss_keras.config import BENCHMARKS
 from dss_keras.data.teacher_outputs import (
     AnswerFormat,
     ParsedOutput,
+    choices_of,
     get_answer_format,
     parse_teacher_output,
 )
@@ -53,7 +57,6 @@ TASKS = BENCHMARKS
 # Custom answer formats: a comma-separated closed label set, or one of these.
 ANSWER_KINDS = ("letters", "number", "text")
 _NLI_SPLIT = re.compile(r"\s*</s>\s*")
-_CHOICE_LINE = re.compile(r"^\(([a-zA-Z])\)\s*(.+?)\s*$", re.MULTILINE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +96,8 @@ class PromptTemplate:
         answer_end: After the answer.
         metric: How labels are scored against gold labels
             (`dss_keras.metrics.score_predictions`).
+        aliases: Older names of the same prompt: outputs written under them
+            resume.
 
     Examples:
 
@@ -114,6 +119,7 @@ class PromptTemplate:
     answer_separator: str = " "
     answer_end: str = "."
     metric: str = "exact_match"
+    aliases: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.answer_style not in ("choice", "letter", "plain"):
@@ -144,7 +150,7 @@ class PromptTemplate:
         if self.answer_style == "letter":
             label = f"({label})"
         elif self.answer_style == "choice":
-            letters = {c.casefold(): l for l, c in _CHOICE_LINE.findall(demonstration.input)}
+            letters = {c.casefold(): l for l, c in choices_of(demonstration.input).items()}
             if label.casefold() not in letters:
                 raise ValueError(
                     "A demonstration's label must be one of its `(x) choice` lines. "
@@ -154,25 +160,50 @@ class PromptTemplate:
         return (f"{demonstration.rationale}{self.answer_separator}"
                 f"{self.answer_format.marker} {label}{self.answer_end}")
 
+    @property
+    def versions(self) -> tuple[str, ...]:
+        """The version, then its aliases: the names an output may carry to resume."""
+        return (self.version, *self.aliases)
+
+    def shown(self) -> str:
+        """What the teacher is shown before every input: the instruction and the demonstrations."""
+        blocks = [self.instruction] if self.instruction else []
+        blocks += [f"{self.render_input(d.input)}\nA: {self.render_answer(d)}"
+                   for d in self.demonstrations]
+        return "\n\n".join(blocks)
+
+    def digest(self) -> str:
+        """12 hex digits of SHA-256 of `shown()`: what versions a prompt.
+
+        Examples:
+
+        >>> get_template("svamp").digest() == get_template("svamp").version[-12:]
+        True
+        """
+        return hashlib.sha256(self.shown().encode("utf-8")).hexdigest()[:12]
+
     def prompt(self, text: str) -> Prompt:
         """The few-shot prompt of one input."""
-        blocks = [self.instruction] if self.instruction else []
         messages = [{"role": "system", "content": self.instruction}] if self.instruction else []
         for demo in self.demonstrations:
-            question, answer = self.render_input(demo.input), self.render_answer(demo)
-            blocks.append(f"{question}\nA: {answer}")
-            messages += [{"role": "user", "content": question},
-                         {"role": "assistant", "content": answer}]
+            messages += [{"role": "user", "content": self.render_input(demo.input)},
+                         {"role": "assistant", "content": self.render_answer(demo)}]
         question = self.render_input(text)
-        blocks.append(f"{question}\nA:")
         messages.append({"role": "user", "content": question})
-        return Prompt("\n\n".join(blocks), tuple(messages))
+        shown = self.shown()
+        return Prompt(f"{shown}\n\n{question}\nA:" if shown else f"{question}\nA:",
+                      tuple(messages))
 
-    def parse(self, completion) -> ParsedOutput:
-        """Parses a completion (a leading `A:`, as chat models may write, is dropped)."""
+    def parse(self, completion, input: str | None = None) -> ParsedOutput:
+        """Parses a completion (a leading `A:`, as chat models may write, is dropped).
+
+        With the `input`, a multiple-choice answer is checked against the
+        input's choices (a letter alone names its choice).
+        """
         if isinstance(completion, str):
             completion = re.sub(r"^\s*A:", "", completion)
-        return parse_teacher_output(completion, self.answer_format)
+        choices = choices_of(input) if input and self.answer_format.choice_label else None
+        return parse_teacher_output(completion, self.answer_format, choices)
 
     def check(self) -> None:
         """Raises `ValueError` unless every demonstration parses back to its own label."""
@@ -187,19 +218,20 @@ class PromptTemplate:
 
 
 _BUILTIN = {
-    # name: (version, instruction, answer_style, input_style, separator, end, metric)
-    "cqa": ("cqa-v1", "Answer the multiple-choice question. Explain the reasoning, then "
-            "give the answer.", "choice", "question", " ", ".", "cqa"),
-    "svamp": ("svamp-v1", "Solve the math word problem. Explain the reasoning, then give "
-              "the answer as an equation in parentheses.", "plain", "question", " ", ".",
-              "svamp"),
-    "esnli": ("esnli-v1", "Does the premise entail the hypothesis, contradict it, or "
-              "neither? Explain, then answer entailment, neutral or contradiction.",
-              "plain", "nli", "\n", "", "esnli"),
-    "anli1": ("anli1-v1", "Does the premise entail the hypothesis, contradict it, or "
-              "neither? Explain, then answer entailment, neutral or contradiction.",
-              "plain", "nli", " ", ".", "anli1"),
+    # name: (instruction, answer_style, input_style, separator, end, metric)
+    "cqa": ("Answer the multiple-choice question. Explain the reasoning, then give the answer.",
+            "choice", "question", " ", ".", "cqa"),
+    "svamp": ("Solve the math word problem. Explain the reasoning, then give the answer as an "
+              "equation in parentheses.", "plain", "question", " ", ".", "svamp"),
+    "esnli": ("Does the premise entail the hypothesis, contradict it, or neither? Explain, then "
+              "answer entailment, neutral or contradiction.", "plain", "nli", "\n", "", "esnli"),
+    "anli1": ("Does the premise entail the hypothesis, contradict it, or neither? Explain, then "
+              "answer entailment, neutral or contradiction.", "plain", "nli", " ", ".", "anli1"),
 }
+# Before versions were digests, each built-in prompt was `<task>-v1`; these were their
+# digests, so that outputs written under the old name resume while the prompt is the same.
+_V1_DIGESTS = {"cqa": "9dde70fee59b", "svamp": "28c13f92085b", "esnli": "3ba51f527b4e",
+               "anli1": "06e83ec48363"}
 
 
 def read_demonstrations(path: str | os.PathLike) -> tuple[Demonstration, ...]:
@@ -224,26 +256,87 @@ def read_demonstrations(path: str | os.PathLike) -> tuple[Demonstration, ...]:
     return tuple(demonstrations)
 
 
-def get_template(name: str) -> PromptTemplate:
+def get_template(
+    name: str,
+    demonstrations: Sequence[Demonstration] | str | os.PathLike | None = None,
+    instruction: str | None = None,
+) -> PromptTemplate:
     """The built-in template of a benchmark: `cqa`, `svamp`, `esnli` or `anli1`.
+
+    Args:
+        name: The benchmark.
+        demonstrations: Your own demonstrations (`Demonstration`s or a JSONL
+            file) instead of the built-in ones; they must parse back to their
+            labels with the task's answer format.
+        instruction: Your own first line instead of the built-in one.
+
+    The version is `<name>-<digest of what the teacher is shown>`, so that
+    other demonstrations or another instruction make another version.
 
     Examples:
 
     >>> template = get_template("cqa")
-    >>> template.version, len(template.demonstrations)
-    ('cqa-v1', 10)
+    >>> template.version, template.aliases, len(template.demonstrations)
+    ('cqa-9dde70fee59b', ('cqa-v1',), 10)
+    >>> get_template("cqa", instruction="Pick one.").version == template.version
+    False
     """
     if name not in _BUILTIN:
         raise ValueError(f"No built-in template; known: {', '.join(TASKS)}. "
                          f"Received: name={name!r}")
-    version, instruction, answer_style, input_style, separator, end, metric = _BUILTIN[name]
-    with resources.as_file(resources.files(__package__) / "demonstrations" / f"{name}.jsonl") as p:
-        demonstrations = read_demonstrations(p)
-    return PromptTemplate(
-        name=name, version=version, instruction=instruction,
-        demonstrations=demonstrations, answer_format=get_answer_format(name),
-        answer_style=answer_style, input_style=input_style, answer_separator=separator,
-        answer_end=end, metric=metric)
+    default_instruction, answer_style, input_style, separator, end, metric = _BUILTIN[name]
+    if demonstrations is None:
+        with resources.as_file(
+                resources.files(__package__) / "demonstrations" / f"{name}.jsonl") as p:
+            demonstrations = read_demonstrations(p)
+    elif not isinstance(demonstrations, (list, tuple)):
+        demonstrations = read_demonstrations(demonstrations)
+    template = PromptTemplate(
+        name=name, version="", demonstrations=tuple(demonstrations),
+        instruction=default_instruction if instruction is None else instruction,
+        answer_format=get_answer_format(name), answer_style=answer_style,
+        input_style=input_style, answer_separator=separator, answer_end=end, metric=metric)
+    digest = template.digest()
+    aliases = (f"{name}-v1",) if digest == _V1_DIGESTS[name] else ()
+    template = dataclasses.replace(template, version=f"{name}-{digest}", aliases=aliases)
+    template.check()
+    return template
+
+
+def resolve_template(
+    task: "str | PromptTemplate",
+    demonstrations: Sequence[Demonstration] | str | os.PathLike | None = None,
+    answer_format: str | None = None,
+    instruction: str | None = None,
+    prompt_version: str | None = None,
+) -> PromptTemplate:
+    """The template of a task name and its overrides (`dss-keras extract`'s flags).
+
+    A built-in task takes other demonstrations and another instruction (a new
+    version) but not another answer format: that is a custom task.
+
+    Examples:
+
+    >>> resolve_template("svamp", prompt_version="mine").version
+    'mine'
+    >>> resolve_template("svamp", answer_format="number")
+    Traceback (most recent call last):
+    ...
+    ValueError: An answer format is for `task="custom"`; svamp reads its own answers. Received: answer_format='number'
+    """
+    if isinstance(task, PromptTemplate):
+        return task
+    if task == "custom":
+        if demonstrations is None or answer_format is None:
+            raise ValueError("A custom task needs `demonstrations` and `answer_format`.")
+        return custom_template(demonstrations, answer_format, instruction or "", prompt_version)
+    if answer_format is not None:
+        raise ValueError(f"An answer format is for `task=\"custom\"`; {task} reads its own "
+                         f"answers. Received: answer_format={answer_format!r}")
+    template = get_template(task, demonstrations, instruction)
+    if prompt_version is not None:
+        template = dataclasses.replace(template, version=prompt_version, aliases=())
+    return template
 
 
 def _letters(spec: str) -> tuple[str, ...]:
@@ -276,7 +369,8 @@ def custom_answer_format(spec: str) -> tuple[AnswerFormat, str, str]:
     kind, _, arg = spec.strip().partition(":")
     if kind == "letters":
         letters = _letters(arg)
-        fmt = AnswerFormat(stop, marker, r"\((?P<label>[a-zA-Z])\)(?:\s+.*?)?\s*\.?", letters)
+        fmt = AnswerFormat(stop, marker, r"\((?P<label>[a-zA-Z])\)(?:\s+.*?)?\s*\.?", letters,
+                           choice_label="letter")
         return fmt, "letter", "exact_match"
     if kind == "number":
         return AnswerFormat(stop, marker, r"\$?(?P<label>[-+]?\d+(?:\.\d+)?)\s*\.?"), \
@@ -303,8 +397,8 @@ def custom_template(
         demonstrations: `Demonstration`s, or a JSONL file of them.
         answer_format: See `custom_answer_format`.
         instruction: The first line of the prompt.
-        version: The prompt version; by default a digest of the instruction,
-            the demonstrations and the answer format.
+        version: The prompt version; by default `custom-<digest>` of what the
+            teacher is shown (`PromptTemplate.digest`).
 
     Examples:
 
@@ -329,13 +423,16 @@ def custom_template(
         demonstrations = read_demonstrations(demonstrations)
     fmt, answer_style, metric = custom_answer_format(answer_format)
     demonstrations = tuple(demonstrations)
-    if version is None:
-        shown = json.dumps([instruction, answer_format,
-                            [dataclasses.astuple(d) for d in demonstrations]])
-        version = "custom-" + hashlib.sha256(shown.encode()).hexdigest()[:12]
     template = PromptTemplate(
-        name="custom", version=version, instruction=instruction,
+        name="custom", version=version or "", instruction=instruction,
         demonstrations=demonstrations, answer_format=fmt, answer_style=answer_style,
         metric=metric)
+    if version is None:
+        # Custom versions used to digest the settings rather than the text shown.
+        settings = json.dumps([instruction, answer_format,
+                               [dataclasses.astuple(d) for d in demonstrations]])
+        older = "custom-" + hashlib.sha256(settings.encode()).hexdigest()[:12]
+        template = dataclasses.replace(template, version=f"custom-{template.digest()}",
+                                       aliases=(older,))
     template.check()
     return template
