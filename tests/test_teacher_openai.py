@@ -86,7 +86,9 @@ def test_samples_vote_and_store_agreement(tmp_path):
     for line in map(json.loads, open(tmp_path / "out.jsonl")):
         teacher = line["teacher"]
         assert len(teacher["completions"]) == 3
-        assert teacher["sampling"] == {"samples": 3, "temperature": 0.7, "max_tokens": 256}
+        assert teacher["sampling"] == {"samples": 3, "temperature": 0.7, "max_tokens": None}
+        assert teacher["request"] == {"n": 3, "max_tokens": 256, "temperature": 0.7,
+                                      "stop": ["\nPremise:"]}
         if teacher["status"] == "ok":
             # Three different labels: the first one wins with a third of the votes.
             assert teacher["agreement"] == pytest.approx(1 / 3)

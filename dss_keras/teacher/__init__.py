@@ -22,9 +22,12 @@ Nothing here imports TensorFlow or KerasHub until the KerasHub backend is
 built (importing `dss_keras` itself does).
 """
 
-from dss_keras.teacher.backends import Backend, Generation, make_backend
-from dss_keras.teacher.extraction import extract, majority_vote, read_inputs
+from dss_keras.teacher.answers import majority_vote
+from dss_keras.teacher.backends import Backend, Generation, TeacherError, make_backend
+from dss_keras.teacher.backends.adaptation import RequestParameters
+from dss_keras.teacher.extraction import extract, read_inputs
 from dss_keras.teacher.report import FILTERS, ExtractionReport
+from dss_keras.teacher.spending import Prices
 from dss_keras.teacher.prompts import (
     ANSWER_KINDS,
     TASKS,

@@ -3,14 +3,17 @@
 A backend turns prompts into completions:
 
 ```
-backend.generate(prompts, n=1, temperature=0.0, max_tokens=256, stop=None)
+backend.generate(prompts, n=1, temperature=0.0, max_tokens=None, stop=None)
     -> [Generation, ...]          # one per prompt, in order
-backend.iter_generate(...)       # the same, as (index, Generation) when each is done
+backend.iter_generate(..., admit=None)
+    -> (index, Generation), ...   # as each is done; no new prompt once admit() is False
 ```
 
 A `Generation` holds the `n` sampled texts of one prompt, their finish
 reasons, the token usage and, when the request failed for good, an `error`
 (the texts are then empty). Backends never raise for one failed prompt.
+`max_tokens=None` lets the backend choose the budget (256 tokens, more for
+a reasoning model).
 
 - `OpenAIBackend` (`openai_compatible.py`): any OpenAI-compatible server
   through the official `openai` client, asynchronous with bounded
@@ -22,7 +25,11 @@ reasons, the token usage and, when the request failed for good, an `error`
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
+
+
+class TeacherError(RuntimeError):
+    """A failure that every request would share (authentication, model, URL, a parameter)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,9 +39,19 @@ class Generation:
     Attributes:
         texts: The sampled completions (empty when `error` is set).
         finish_reasons: One per text, e.g. `"stop"` or `"length"`.
-        usage: Token counts, `{"prompt_tokens": ..., "completion_tokens": ...}`.
+        usage: Token counts, `{"prompt_tokens": ..., "completion_tokens": ...}`,
+            and where known `"reasoning_tokens"` (part of the completion
+            tokens), `"unanswered_requests"` (sent, but no reply came: they
+            may be billed) and `"discarded_completion_tokens"` (of a reply
+            asked again with a larger budget).
         error: Why the request failed after its retries, else `None`.
         attempts: Requests made (retries included).
+        reasonings: One per text: the reasoning the endpoint returned in its
+            own field, or `None`.
+        request: The sampling parameters actually sent, e.g.
+            `{"n": 1, "max_completion_tokens": 4096}`.
+        refused: Whether `error` is the server's refusal of the request (an
+            HTTP 4xx that no retry changes), rather than retries running out.
     """
 
     texts: tuple[str, ...]
@@ -42,6 +59,9 @@ class Generation:
     usage: dict = dataclasses.field(default_factory=dict)
     error: str | None = None
     attempts: int = 1
+    reasonings: tuple[str | None, ...] = ()
+    request: dict = dataclasses.field(default_factory=dict)
+    refused: bool = False
 
 
 class Backend:
@@ -56,7 +76,7 @@ class Backend:
 
     >>> class Echo(Backend):
     ...     model = "echo"
-    ...     def generate(self, prompts, n=1, temperature=0.0, max_tokens=256, stop=None):
+    ...     def generate(self, prompts, n=1, temperature=0.0, max_tokens=None, stop=None):
     ...         return [Generation((str(p),) * n) for p in prompts]
     >>> [g.texts for g in Echo().generate(["a", "b"], n=2)]
     [('a', 'a'), ('b', 'b')]
@@ -66,6 +86,10 @@ class Backend:
 
     model: str = "unknown"
     batch_size: int = 8
+    # What the backend changed to suit its endpoint (`{"change", "message"}`).
+    adaptations: Sequence[dict] = ()
+    # The request parameters it sends, where it has any (`RequestParameters`).
+    parameters = None
     # Whether `generate` takes `Prompt.messages` (chat) or `Prompt.text`.
     wants_messages: bool = False
 
@@ -74,7 +98,7 @@ class Backend:
         prompts: Sequence,
         n: int = 1,
         temperature: float = 0.0,
-        max_tokens: int = 256,
+        max_tokens: int | None = None,
         stop: Sequence[str] | None = None,
     ) -> list[Generation]:
         """One `Generation` per prompt, in order."""
@@ -86,13 +110,21 @@ class Backend:
         prompts: Sequence,
         n: int = 1,
         temperature: float = 0.0,
-        max_tokens: int = 256,
+        max_tokens: int | None = None,
         stop: Sequence[str] | None = None,
+        admit: Callable[[], bool] | None = None,
     ) -> Iterator[tuple[int, Generation]]:
-        """`(index, Generation)` pairs as they finish (by default, batch by batch)."""
+        """`(index, Generation)` pairs as they finish (by default, batch by batch).
+
+        `admit()` is asked before each new prompt (here: each batch) is
+        started; once it says `False`, what is started finishes and nothing
+        new starts (a spending limit).
+        """
         if type(self).generate is Backend.generate:
             raise NotImplementedError("A backend implements `generate` or `iter_generate`.")
         for start in range(0, len(prompts), self.batch_size):
+            if admit is not None and not admit():
+                return
             batch = prompts[start:start + self.batch_size]
             for offset, generation in enumerate(
                 self.generate(batch, n, temperature, max_tokens, stop)
