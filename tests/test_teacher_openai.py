@@ -105,10 +105,10 @@ def test_authentication_failure_stops_the_run(tmp_path):
 
 def test_api_key_comes_from_the_environment_only(monkeypatch, tmp_path):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    with pytest.raises(ValueError, match="OPENAI_API_KEY"):
-        OpenAIBackend("gpt-x")
-    monkeypatch.setenv("MY_KEY", "sk-secret-value")
     inputs = write_nli_inputs(tmp_path / "in.jsonl", 2)
+    with pytest.raises(ValueError, match="OPENAI_API_KEY"):  # before any request is sent
+        extract(inputs, tmp_path / "keyless.jsonl", "esnli", OpenAIBackend("gpt-x"))
+    monkeypatch.setenv("MY_KEY", "sk-secret-value")
     with FakeOpenAIServer(complete=nli_complete) as server:
         backend = _backend(server, api_key_env="MY_KEY")
         report = extract(inputs, tmp_path / "out.jsonl", "esnli", backend)

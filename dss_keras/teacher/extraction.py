@@ -332,7 +332,7 @@ class Run:
         finally:
             if bar is not None:
                 bar.close()
-            self.close(len(todo))
+            self.close(len(todo) - self.received)
 
     def receive(self, record: Record, generation: Generation, prompts=None, index=None) -> None:
         """Accounts for one input's generation and writes its record (or counts its failure)."""
@@ -357,9 +357,9 @@ class Run:
                                           self.keep_reasoning))
         report.written += 1
 
-    def close(self, asked: int) -> None:
-        """Notes why the run stopped early, and what was adapted to the endpoint."""
-        if self.received < asked:
+    def close(self, left: int) -> None:
+        """Notes why the run stopped with `left` inputs unanswered, and what was adapted."""
+        if left:
             self.report.stopped = self.spending.reason
         self.report.adaptations = list(self.backend.adaptations)
         if self.backend.parameters is not None:

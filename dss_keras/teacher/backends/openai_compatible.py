@@ -112,7 +112,7 @@ def _retry_after(headers) -> float | None:
     return None
 
 
-def _read_choice(choice, route: str) -> tuple[str, str | None]:
+def read_choice(choice, route: str) -> tuple[str, str | None]:
     """`(text, reasoning)` of one choice; the reasoning from the reply's own field."""
     if route != "chat":
         extra = choice.model_extra or {}
@@ -176,9 +176,6 @@ class OpenAIBackend(Backend):
             raise ValueError(f"`concurrency` must be at least 1. Received: concurrency={concurrency}")
         if not timeout > 0:
             raise ValueError(f"`timeout` must be positive. Received: timeout={timeout}")
-        if base_url is None and not os.environ.get(api_key_env):
-            raise ValueError(f"Set the API key in the environment variable {api_key_env}, "
-                             "or give the base URL of a local server.")
         self.model = model
         self.base_url = base_url
         self.api_key_env = api_key_env
@@ -199,9 +196,17 @@ class OpenAIBackend(Backend):
                 "route": self.route}
 
     def client(self, sync: bool = False):
-        """An `openai` client for this endpoint (its own retries off)."""
+        """An `openai` client for this endpoint (its own retries off).
+
+        Raises:
+            ValueError: no API key for OpenAI (checked here, so that a request
+                file can be written for `vllm run-batch` without one).
+        """
         import openai
 
+        if self.base_url is None and not os.environ.get(self.api_key_env):
+            raise ValueError(f"Set the API key in the environment variable {self.api_key_env}, "
+                             "or give the base URL of a local server.")
         kind = openai.OpenAI if sync else openai.AsyncOpenAI
         return kind(api_key=os.environ.get(self.api_key_env) or "none",
                     base_url=self.base_url, timeout=self.timeout, max_retries=0)
@@ -288,8 +293,8 @@ class OpenAIBackend(Backend):
             if outcome.error is not None:
                 return Generation((), (), dict(usage), outcome.error, attempts,
                                   request=sent, refused=outcome.refused)
-            _add_usage(usage, outcome.reply.usage)
-            choices = [_read_choice(c, self.route) for c in outcome.reply.choices]
+            add_usage(usage, outcome.reply.usage)
+            choices = [read_choice(c, self.route) for c in outcome.reply.choices]
             choices = choices[:n - len(texts)]
             if self._raise_budget(choices, outcome.reply.choices, outcome.sent,
                                   max_tokens is None and not budget_raised):
@@ -412,7 +417,7 @@ class OpenAIBackend(Backend):
         raise _Failed(f"HTTP {status}: {refusal.message[:200]}") from None
 
 
-def _add_usage(usage: collections.Counter, reported) -> None:
+def add_usage(usage: collections.Counter, reported) -> None:
     """Adds a reply's token counts, reasoning tokens included, to `usage`."""
     if reported is None:
         return
