@@ -48,7 +48,13 @@ from dss_keras.teacher.backends import Backend, Generation, TeacherError, make_b
 from dss_keras.teacher.backends.adaptation import DEFAULT_BUDGET, TOKEN_PARAMETERS
 from dss_keras.teacher.output_file import OutputFile
 from dss_keras.teacher.prompts import PromptTemplate, resolve_template
-from dss_keras.teacher.report import FILTERS, ExtractionReport, save_report, summarize
+from dss_keras.teacher.report import (
+    FILTERS,
+    ExtractionReport,
+    report_path,
+    save_report,
+    summarize,
+)
 from dss_keras.teacher.spending import Prices, SpendingLimit, TokenCounter
 
 logger = logging.getLogger(__name__)
@@ -297,7 +303,8 @@ def _save(report: ExtractionReport) -> None:
     try:
         save_report(report)
     except OSError as e:
-        logger.warning("The report was not saved: %s", e)
+        logger.warning("%s: the report was not saved: %s", report_path(report.output_path),
+                       e.strerror or e)
 
 
 class Run:

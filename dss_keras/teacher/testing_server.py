@@ -302,7 +302,9 @@ class FakeOpenAIServer:
             kind = "text_completion"
             prompt_tokens = count_tokens(request.get("prompt", ""))
         used = [count_tokens(t) + reasoning for t in texts]
-        completion_tokens = sum(min(u, budget) if budget else u for u in used)
+        if reasoning and budget:  # thinking stops at the budget
+            used = [min(u, budget) for u in used]
+        completion_tokens = sum(used)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_tokens + completion_tokens}
         if reasoning:
