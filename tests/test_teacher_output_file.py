@@ -149,6 +149,7 @@ def _tmpfs(path, size):
         pytest.skip("no tmpfs can be mounted here (needs root)")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="tmpfs")
 def test_a_real_full_disk_through_the_command(tmp_path):
     disk = tmp_path / "disk"

@@ -91,7 +91,7 @@ class BatchRoute:
                                   "answer them (`vllm run-batch -i ... -o results.jsonl`) and "
                                   "rerun with the results")
             return
-        _Batches(self, run).run(todo)
+        _Batches(self, run).send(todo)
 
 
 def request_line(run, record: Record) -> dict:
@@ -138,8 +138,13 @@ def generation_of(result: dict, route: str, sent: dict) -> Generation | None:
                       tuple(r for _, r in choices), sent)
 
 
-def read_results(run, todo: Sequence[Record], results: Iterable[dict]) -> int:
-    """Writes the results of `todo`'s requests through `run`; returns how many were written."""
+def read_results(run, todo: Sequence[Record], results: Iterable[dict],
+                 answered: set | None = None) -> int:
+    """Writes the results of `todo`'s requests through `run`; returns how many were written.
+
+    The ids of the requests that were run (written, or failed) are added to
+    `answered`; the others (expired) are left to send again.
+    """
     by_id = {record.id: record for record in todo}
     sent = {k: v for k, v in request_line(run, todo[0])["body"].items()
             if k not in ("model", "messages", "prompt")} if todo else {}
@@ -151,6 +156,8 @@ def read_results(run, todo: Sequence[Record], results: Iterable[dict]) -> int:
         generation = generation_of(result, run.backend.route, sent)
         if generation is not None:
             run.receive(record, generation)
+            if answered is not None:
+                answered.add(record.id)
     return run.report.written - written
 
 
@@ -165,11 +172,12 @@ class _Batches:
             with open(self.path, encoding="utf-8") as f:
                 self.state = json.load(f)
         self.client = run.backend.client(sync=True)
+        self.answered: set[str] = set()  # run, written or failed: not sent again this run
 
     def _save(self) -> None:
         write_json(self.path, self.state)
 
-    def run(self, todo: Sequence[Record]) -> None:
+    def send(self, todo: Sequence[Record]) -> None:
         by_id = {record.id: record for record in todo}
         for entry in self.state["batches"]:
             if not entry.get("collected"):
@@ -198,7 +206,8 @@ class _Batches:
                            len(left))
 
     def _left(self, todo: Sequence[Record]) -> list[Record]:
-        return [r for r in todo if r.id not in self.run.output.entries]
+        return [r for r in todo if r.id not in self.run.output.entries
+                and r.id not in self.answered]
 
     def _chunks(self, todo: Sequence[Record]) -> Iterable[bytes]:
         lines, size = [], 0
@@ -254,6 +263,7 @@ class _Batches:
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:
                 text = self.client.files.content(file_id).content.decode("utf-8")
-                read_results(self.run, todo, _json_lines(io.StringIO(text), file_id))
+                read_results(self.run, todo, _json_lines(io.StringIO(text), file_id),
+                             self.answered)
         entry.update(collected=True, status=batch.status)
         self._save()
