@@ -145,7 +145,7 @@ def _export(args) -> int:
 def _add_extract_command(commands) -> None:
     """`dss-keras extract`: rationales and labels from a teacher LLM (`dss_keras.teacher`)."""
     from dss_keras.teacher.backends.adaptation import OMITTABLE
-    from dss_keras.teacher.prompts import ANSWER_KINDS, TASKS
+    from dss_keras.teacher.tasks import ANSWER_KINDS, TASKS
 
     extract = _add_command(
         commands, "extract", help="label inputs with a teacher LLM's rationales and labels",

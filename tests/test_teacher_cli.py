@@ -9,7 +9,7 @@ import pytest
 from dss_keras import cli
 from dss_keras.data.records import read_records
 from dss_keras.teacher.backends.adaptation import RequestParameters, request_body
-from dss_keras.teacher.prompts import get_template
+from dss_keras.teacher.tasks import get_template
 from dss_keras.teacher.testing_server import FakeOpenAIServer, count_tokens
 
 from teacher_helpers import nli_complete, write_nli_inputs

@@ -5,8 +5,9 @@ import pytest
 
 from dss_keras.data.records import RecordError
 from dss_keras.data.teacher_outputs import parse_teacher_outputs
-from dss_keras.teacher import prompts
-from dss_keras.teacher.prompts import Demonstration, custom_template, get_template
+from dss_keras.teacher import tasks as prompts
+from dss_keras.teacher.prompts import Demonstration
+from dss_keras.teacher.tasks import custom_template, get_template
 
 from pathlib import Path
 

@@ -31,7 +31,7 @@ import statistics
 from dss_keras.teacher.backends.adaptation import RequestParameters, request_body
 from dss_keras.teacher.extraction import prepare_inputs
 from dss_keras.teacher.output_file import scan
-from dss_keras.teacher.prompts import resolve_template
+from dss_keras.teacher.tasks import resolve_template
 from dss_keras.teacher.spending import TOKENS_PER_MESSAGE, Prices, TokenCounter
 
 

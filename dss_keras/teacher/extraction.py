@@ -47,7 +47,8 @@ from dss_keras.teacher.answers import teacher_record
 from dss_keras.teacher.backends import Backend, Generation, TeacherError, make_backend
 from dss_keras.teacher.backends.adaptation import DEFAULT_BUDGET, TOKEN_PARAMETERS
 from dss_keras.teacher.output_file import OutputFile
-from dss_keras.teacher.prompts import PromptTemplate, resolve_template
+from dss_keras.teacher.prompts import PromptTemplate
+from dss_keras.teacher.tasks import resolve_template
 from dss_keras.teacher.report import (
     FILTERS,
     ExtractionReport,
