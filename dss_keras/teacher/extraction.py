@@ -18,11 +18,13 @@ each finished input to the output as one JSON line in the record schema
   finish) refused by the server with the same status and message (an HTTP
   4xx that no adaptation fixes: a wrong parameter, a model that does not
   take this prompt) stop the run with the server's message, so that one
-  mistake is not paid for once per input. HTTP 401, 403 and 404 stop it at
-  the first.
+  mistake is not paid for once per input (what is in flight, or received and
+  not yet read, still comes back: at most twice `concurrency` requests).
+  HTTP 401, 403 and 404 stop it at the first.
 - **Spending limit.** With `max_spend_tokens` or `max_cost`, no new request
   starts once the limit is reached; what is in flight finishes and is
-  written (an overshoot of at most `concurrency` requests), the report says
+  written (an overshoot of at most twice `concurrency` requests: those in
+  flight and those received but not yet counted), the report says
   so, and a rerun continues.
 - The report is printed, returned, and added to `<output stem>.report.json`
   (`report.save_report`), whose totals add up the resumed runs.

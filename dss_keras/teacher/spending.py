@@ -8,7 +8,8 @@
 - `Prices` turns tokens into money, in US dollars per million tokens.
 - `SpendingLimit` stops a run cleanly once it has spent a number of tokens
   or dollars. What is in flight when the limit is reached still finishes and
-  is written, so a run may overshoot by at most `concurrency` requests. A
+  is written, so a run may overshoot by at most twice `concurrency` requests
+  (in flight, and received but not yet counted). A
   request sent but never answered (deadline, dropped connection) may be
   billed all the same: it is charged at its prompt's estimate plus its whole
   completion budget.
