@@ -24,12 +24,13 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import statistics
 
 from dss_keras.teacher.backends.adaptation import RequestParameters, request_body
-from dss_keras.teacher.extraction import prepare_inputs
+from dss_keras.teacher.extraction import Sampling, extract, prepare_inputs
 from dss_keras.teacher.output_file import scan
 from dss_keras.teacher.tasks import resolve_template
 from dss_keras.teacher.spending import TOKENS_PER_MESSAGE, Prices, TokenCounter
@@ -101,59 +102,59 @@ def dry_run(
     task,
     backend: str = "openai",
     *,
-    model: str | None = None,
-    backend_options: dict | None = None,
-    demonstrations=None,
-    answer_format: str | None = None,
-    instruction: str | None = None,
-    prompt_version: str | None = None,
-    samples: int = 1,
-    temperature: float | None = None,
-    max_tokens: int | None = None,
-    limit: int | None = None,
-    retry_failed: bool = False,
-    prices: Prices | None = None,
     tokenizer: str | os.PathLike | None = None,
+    **options,
 ) -> DryRunReport:
     """What `extract` with the same arguments would send and spend; sends and writes nothing.
 
     Args:
+        input_path, output_path, task, backend: As `extract`'s (a backend by name).
         tokenizer: A Hugging Face `tokenizer.json` to count tokens with;
             without one, tokens are estimated (and said to be).
+        **options: `extract`'s keyword arguments; those that shape the
+            requests count (`model`, `backend_options`, the prompt's, the
+            sampling's, `limit`, `retry_failed`, `prices`).
 
-    The other arguments are `extract`'s. Returns a `DryRunReport`.
+    Returns:
+        A `DryRunReport`.
     """
-    template = resolve_template(task, demonstrations, answer_format, instruction,
-                                prompt_version)
-    input_path, output_path = os.fspath(input_path), os.fspath(output_path)
-    records = prepare_inputs(input_path, template, limit)
-    options = dict(backend_options or {})
-    parameters = options.get("parameters") or RequestParameters()
-    entries, _ = scan(output_path, model, template.versions) if model else scan(output_path)
-    done = {key for key, entry in entries.items() if entry.status == "ok" or not retry_failed}
+    known = inspect.signature(extract).parameters
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"dry_run() got arguments that extract() does not take: {unknown}")
+    get = {name: options.get(name, parameter.default) for name, parameter in known.items()}.get
+    template = resolve_template(task, get("demonstrations"), get("answer_format"),
+                                get("instruction"), get("prompt_version"))
+    records = prepare_inputs(os.fspath(input_path), template, get("limit"))
+    settings = dict(get("backend_options") or {})
+    parameters = settings.get("parameters") or RequestParameters()
+    sampling = Sampling.of(get("samples"), get("temperature"), get("max_tokens"))
+    model, route = get("model"), settings.get("route", "chat")
+    entries, _ = scan(os.fspath(output_path), model, template.versions) if model else scan(
+        os.fspath(output_path))
+    done = {k for k, entry in entries.items() if entry.status == "ok" or not get("retry_failed")}
     todo = [r for r in records if r.id not in done]
-    chat = backend == "openai" and options.get("route", "chat") == "chat"
     counter = TokenCounter(tokenizer)
-    temperature = (0.0 if samples == 1 else 0.7) if temperature is None else temperature
     first = None
     if todo:
         prompt = template.prompt(todo[0].input)
-        first = (request_body(model or "", options.get("route", "chat"), prompt, parameters,
-                              samples, temperature, max_tokens, template.stop,
-                              options.get("seed")) if backend == "openai" else prompt.text)
-    per_request = 1 if "n" in parameters.omitted else samples
-    requests = len(todo) * (samples // per_request)
-    prompt_tokens = _prompt_tokens(template, todo, counter, chat) * (samples // per_request)
+        first = (request_body(model or "", route, prompt, parameters, sampling.samples,
+                              sampling.temperature, sampling.max_tokens, template.stop,
+                              settings.get("seed")) if backend == "openai" else prompt.text)
+    requests_per_input = sampling.samples if "n" in parameters.omitted else 1
+    prompt_tokens = requests_per_input * _prompt_tokens(
+        template, todo, counter, chat=backend == "openai" and route == "chat")
     answer = statistics.fmean(counter.count(" " + template.render_answer(d))
                               for d in template.demonstrations)
-    completion_tokens = round(answer * samples * len(todo))
-    budget = parameters.budget(max_tokens)
-    report = DryRunReport(first, len(records), len(records) - len(todo), len(todo), requests,
-                          prompt_tokens, completion_tokens, budget, counter.label,
-                          parameters.reasoning, prices)
+    completion_tokens = round(answer * sampling.samples * len(todo))
+    budget = parameters.budget(sampling.max_tokens)
+    prices = get("prices")
+    report = DryRunReport(first, len(records), len(records) - len(todo), len(todo),
+                          len(todo) * requests_per_input, prompt_tokens, completion_tokens,
+                          budget, counter.label, parameters.reasoning, prices)
     if prices is not None:
         report.cost = prices.cost(prompt_tokens, completion_tokens)
-        report.max_cost = prices.cost(prompt_tokens, budget * samples * len(todo))
+        report.max_cost = prices.cost(prompt_tokens, budget * sampling.samples * len(todo))
     return report
 
 

@@ -153,6 +153,16 @@ class Sampling:
     temperature: float = 0.0
     max_tokens: int | None = None
 
+    @classmethod
+    def of(cls, samples: int, temperature: float | None,
+           max_tokens: int | None) -> "Sampling":
+        """With the default temperature: 0 for one sample, 0.7 for several (they must differ)."""
+        if samples < 1:
+            raise ValueError(f"`samples` must be at least 1. Received: samples={samples}")
+        if temperature is None:
+            temperature = 0.0 if samples == 1 else 0.7
+        return cls(samples, temperature, max_tokens)
+
     def budget(self, generation: Generation) -> int:
         """The completion budget a generation was sent with."""
         sent = [generation.request[k] for k in TOKEN_PARAMETERS if k in generation.request]
@@ -252,8 +262,7 @@ def extract(
     start = time.perf_counter()
     if filter not in FILTERS:
         raise ValueError(f"`filter` must be one of {FILTERS}. Received: filter={filter!r}")
-    if samples < 1:
-        raise ValueError(f"`samples` must be at least 1. Received: samples={samples}")
+    sampling = Sampling.of(samples, temperature, max_tokens)
     if not 0.0 <= min_agreement <= 1.0 or (min_agreement and filter == "all"):
         raise ValueError("`min_agreement` is a share between 0 and 1 that filters the training "
                          "file: give `filter` 'parsed' or 'gold' with it. Received: "
@@ -267,8 +276,6 @@ def extract(
         if not model:
             raise ValueError("Name the teacher model (`model`).")
         backend = make_backend(backend, model, **(backend_options or {}))
-    sampling = Sampling(samples, (0.0 if samples == 1 else 0.7) if temperature is None
-                        else temperature, max_tokens)
     metadata = {**backend.describe(), "task": template.name,
                 "prompt_version": template.version,
                 "sampling": dataclasses.asdict(sampling)}

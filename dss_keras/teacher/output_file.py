@@ -169,10 +169,6 @@ class OutputFile:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    @property
-    def done(self) -> set[str]:
-        return set(self.entries)
-
     def append(self, record: dict) -> None:
         """Writes one record now; raises if its id is already in the file."""
         key = str(record["id"])

@@ -222,11 +222,13 @@ class OpenAIBackend(Backend):
     ) -> Iterator[tuple[int, Generation]]:
         """`(index, Generation)` as each request finishes; at most `concurrency` in flight.
 
-        The first prompt is sent alone; the others follow once it is answered.
+        The first prompt is sent alone; the others follow once its answer is
+        read by the caller (so that a spending limit or a refusal counts it).
         """
         if not len(prompts):
             return
         results: queue.Queue = queue.Queue()
+        probed = threading.Event()  # set once the caller has taken the first answer
         state = {}
 
         def admitted():
@@ -253,6 +255,8 @@ class OpenAIBackend(Backend):
                 first = next(indices, None)
                 if first is not None:
                     await answer(first)  # alone: what the endpoint refuses is learnt once
+                    while not probed.is_set():  # and read (counted, written) before the rest
+                        await asyncio.sleep(0.002)
                     await asyncio.gather(*(worker() for _ in range(
                         min(self.concurrency, len(prompts) - 1))))
             finally:
@@ -272,6 +276,7 @@ class OpenAIBackend(Backend):
                 if isinstance(item, BaseException):
                     raise item
                 yield item
+                probed.set()
         finally:
             if thread.is_alive() and "loop" in state:
                 state["loop"].call_soon_threadsafe(state["task"].cancel)
