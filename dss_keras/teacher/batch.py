@@ -18,6 +18,9 @@ requests. `BatchRoute.run` sends the inputs a run has left:
    requests done keeps those; the rest are sent again in a new batch, for
    up to `max_rounds` rounds in all.
 
+A spending limit is checked between batches (a batch, once created, is
+paid for as a whole); `-v` logs each batch's progress while it is polled.
+
 The same request file works offline with vLLM: `write_requests` writes it
 and stops; `vllm run-batch -i requests.jsonl -o results.jsonl --model <m>`
 answers it; `read_results` reads the results into the output.
