@@ -146,6 +146,13 @@ class Refusal:
             return cls(str(body or fallback))
         return cls(str(error.get("message") or fallback), error.get("param"), error.get("code"))
 
+    @property
+    def unsupported(self) -> bool:
+        """Whether it says a parameter or value is not supported (not merely out of range)."""
+        return self.code in ("unsupported_parameter", "unsupported_value") or re.search(
+            r"unsupported|not supported|does not support|only the default|must be exactly",
+            self.message, re.IGNORECASE) is not None
+
     def names(self, parameter: str) -> bool:
         """Whether the refusal is about `parameter`."""
         if self.param is not None:
@@ -160,12 +167,23 @@ def adapt(parameters: RequestParameters, refusal: Refusal,
     """The parameters to resend with after `refusal`, and what changed; `None` if nothing helps.
 
     `body` is the refused request's sampling body: only a parameter it carried
-    is changed, and only once a run.
+    is changed, only once a run, and only when the endpoint says it does not
+    support it (a value out of range is the user's to fix).
+
+    Examples:
+
+    >>> adapt(RequestParameters(), Refusal("'temperature' must be at most 1", "temperature"),
+    ...       {"temperature": 1.5}) is None
+    True
+    >>> adapt(RequestParameters(), Refusal("n: Must be exactly 1"), {"n": 5})[1]
+    'one request per sample (n > 1 refused)'
     """
     def changed(parameter, note, **fields):
         adapted = parameters.adapted | {parameter}
         return dataclasses.replace(parameters, adapted=adapted, **fields), note
 
+    if not refusal.unsupported:
+        return None  # e.g. a value out of range: resending without it would change the run
     token = parameters.token_parameter
     other = TOKEN_PARAMETERS[1 - TOKEN_PARAMETERS.index(token)]
     if token in body and token not in parameters.adapted and refusal.names(token):
