@@ -71,6 +71,21 @@ class BatchRoute:
         max_rounds: Rounds of batches at most (a round resends what expired).
         write_requests: Only write the request file here (for `vllm run-batch`).
         read_results: Read the results from this file (`vllm run-batch -o`).
+
+    Examples:
+
+    >>> import json, os, tempfile
+    >>> from dss_keras.teacher import extract
+    >>> from dss_keras.teacher.backends.openai_compatible import OpenAIBackend
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = open(os.path.join(folder, "in.jsonl"), "w").write(
+    ...     '{"id": "a", "input": "A dog runs. </s> An animal moves."}\\n')
+    >>> report = extract(os.path.join(folder, "in.jsonl"), os.path.join(folder, "out.jsonl"),
+    ...                  "esnli", OpenAIBackend("meta-llama/Llama-3.1-8B-Instruct"),
+    ...                  batch=BatchRoute(write_requests=os.path.join(folder, "requests.jsonl")))
+    >>> line = json.loads(open(os.path.join(folder, "requests.jsonl")).readline())
+    >>> line["custom_id"], line["url"], line["body"]["max_tokens"]
+    ('a', '/v1/chat/completions', 256)
     """
 
     poll_interval: float = 30.0
