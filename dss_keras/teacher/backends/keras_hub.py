@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from dss_keras.teacher.backends import Backend, Generation, cut_at_stop
+from dss_keras.teacher.backends.base import Backend, Generation, cut_at_stop
 from dss_keras.teacher.backends.adaptation import DEFAULT_BUDGET
 
 

@@ -45,7 +45,7 @@ import random
 import threading
 from typing import Callable, Iterator, Sequence
 
-from dss_keras.teacher.backends import Backend, Generation, TeacherError
+from dss_keras.teacher.backends.base import Backend, Generation, TeacherError
 from dss_keras.teacher.backends.adaptation import (
     OMITTABLE,
     REASONING_BUDGET,
