@@ -15,8 +15,8 @@ from dss_keras.teacher.testing_server import FakeOpenAIServer, count_tokens
 from teacher_helpers import nli_complete, write_nli_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "recipes" / "teacher"
-INSTRUCTION = "Classify the sentiment of the review. Explain, then answer positive, negative or mixed."
+RECIPES = ROOT / "recipes"
+INSTRUCTION = "Classify the sentiment of the review. Explain, then answer."
 
 
 def run_cli(capsys, *argv):
@@ -131,14 +131,14 @@ def test_the_readme_journey_through_the_command_line(tmp_path, capsys):
     inputs = tmp_path / "inputs.jsonl"
     with open(inputs, "w") as f:
         examples = [json.loads(line)["input"]
-                    for line in open(EXAMPLE / "review_sentiment.inputs.jsonl")]
+                    for line in open(RECIPES / "sentiment_inputs.jsonl")]
         for i in range(24):
             f.write(json.dumps({"id": f"r{i}", "input": f"{examples[i % 6]} ({i})"}) + "\n")
     with FakeOpenAIServer(complete=review_complete) as server:
         status, out, err = run_cli(
             capsys, "extract", "--task", "custom", "--input", inputs,
             "--output", tmp_path / "teacher.jsonl",
-            "--demonstrations", EXAMPLE / "review_sentiment.demonstrations.jsonl",
+            "--demonstrations", RECIPES / "sentiment_demonstrations.jsonl",
             "--answer-format", "positive,negative,mixed", "--instruction", INSTRUCTION,
             "--backend", "openai", "--model", "gpt-4o-mini", "--base-url", server.base_url,
             "--filter", "parsed", "--no-progress")
