@@ -77,7 +77,7 @@ def extraction_rate(server, folder, concurrency, count) -> tuple[float, float, f
 
 def sequential_rate(server, count) -> tuple[float, float, float]:
     """A plain loop of `openai` calls with the same prompts."""
-    from dss_keras.teacher.prompts import get_template
+    from dss_keras.teacher.tasks import get_template
 
     template = get_template("esnli")
     client = openai.OpenAI(api_key="none", base_url=server.base_url, max_retries=0)

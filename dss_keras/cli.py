@@ -162,10 +162,14 @@ def _export(args) -> int:
 
 def _add_extract_command(commands) -> None:
     """`dss-keras extract`: rationales and labels from a teacher LLM (`dss_keras.teacher`)."""
-    from dss_keras.teacher.prompts import ANSWER_KINDS, TASKS
+    from dss_keras.teacher.backends.adaptation import OMITTABLE
+    from dss_keras.teacher.tasks import ANSWER_KINDS, TASKS
 
     extract = _add_command(
-        commands, "extract", help="label inputs with a teacher LLM's rationales and labels")
+        commands, "extract", help="label inputs with a teacher LLM's rationales and labels",
+        description="Label inputs with a teacher LLM's rationales and labels. Exit status: 0 "
+        "done; 3 some requests failed (a rerun retries them); 4 stopped at the spending limit "
+        "(a rerun continues); 1 an error.")
     extract.add_argument("--task", required=True, choices=TASKS + ("custom",))
     extract.add_argument("--input", required=True, help="records to label (.jsonl or .csv)")
     extract.add_argument("--output", required=True,
@@ -173,49 +177,125 @@ def _add_extract_command(commands) -> None:
     extract.add_argument("--backend", default="openai", choices=("openai", "keras-hub"))
     extract.add_argument("--model", required=True,
                          help="the endpoint's model name, or a KerasHub preset or directory")
-    extract.add_argument("--base-url", help="OpenAI-compatible endpoint (default: OpenAI)")
-    extract.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                         help="environment variable holding the API key")
-    extract.add_argument("--route", default="chat", choices=("chat", "completions"))
-    extract.add_argument("--concurrency", type=int, default=8, help="requests in flight")
-    extract.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    extract.add_argument("--max-retries", type=int, default=5)
-    extract.add_argument("--seed", type=int, help="sampling seed, where supported")
+    endpoint = extract.add_argument_group("endpoint (openai backend)")
+    endpoint.add_argument("--base-url", help="OpenAI-compatible endpoint (default: OpenAI)")
+    endpoint.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                          help="environment variable holding the API key")
+    endpoint.add_argument("--route", default="chat", choices=("chat", "completions"))
+    endpoint.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    endpoint.add_argument("--timeout", type=float, default=600.0,
+                          help="seconds per request, connecting, waiting and reading together "
+                          "(default 600: reasoning models take minutes); retried like a timeout")
+    endpoint.add_argument("--max-retries", type=int, default=5)
+    endpoint.add_argument("--seed", type=int, help="sampling seed, where supported")
+    endpoint.add_argument("--reasoning-model", action="store_true",
+                          help="send max_completion_tokens and no temperature or stop, with a "
+                          "budget of 4096 tokens (what an OpenAI reasoning model takes; "
+                          "otherwise learnt from the endpoint's first refusal)")
+    endpoint.add_argument("--omit-parameter", action="append", choices=OMITTABLE, default=[],
+                          help="leave a parameter out of every request (n: one request per "
+                          "sample); repeatable")
     extract.add_argument("--batch-size", type=int, default=8, help="keras-hub: prompts per batch")
-    extract.add_argument("--demonstrations", help="custom: JSONL of {input, rationale, label}")
-    extract.add_argument("--instruction", default="", help="custom: the prompt's first line")
-    extract.add_argument("--answer-format",
-                         help=f"custom: labels a,b,c or one of {', '.join(ANSWER_KINDS)}")
-    extract.add_argument("--prompt-version", help="overrides the template's version")
-    extract.add_argument("--samples", type=int, default=1,
-                         help="completions per input; more than one votes")
-    extract.add_argument("--temperature", type=float,
-                         help="default: 0 for one sample, 0.7 for more")
-    extract.add_argument("--max-tokens", type=int, default=256)
-    extract.add_argument("--filter", default="all", choices=("all", "parsed", "gold"),
-                         help="what the training file keeps (parsed, gold: <output>.<filter>.jsonl)")
-    extract.add_argument("--limit", type=int, help="label only the first N inputs")
+    prompt = extract.add_argument_group("prompt")
+    prompt.add_argument("--demonstrations",
+                        help="JSONL of {input, rationale, label}: a custom task's, or instead "
+                        "of a built-in task's (a new prompt version)")
+    prompt.add_argument("--instruction", help="the prompt's first line (custom, or instead of "
+                        "a built-in task's)")
+    prompt.add_argument("--answer-format",
+                        help=f"custom: labels a,b,c or one of {', '.join(ANSWER_KINDS)}")
+    prompt.add_argument("--prompt-version", help="overrides the template's version")
+    sampling = extract.add_argument_group("sampling")
+    sampling.add_argument("--samples", type=int, default=1,
+                          help="completions per input; more than one votes")
+    sampling.add_argument("--temperature", type=float,
+                          help="default: 0 for one sample, 0.7 for more")
+    sampling.add_argument("--max-tokens", type=int,
+                          help="completion tokens per request (default 256; 4096 for a "
+                          "reasoning model, whose thinking counts against it)")
+    sampling.add_argument("--keep-reasoning", action="store_true",
+                          help="keep a reasoning model's reasoning in each record's teacher "
+                          "object (never in the rationale)")
+    output = extract.add_argument_group("what is written")
+    output.add_argument("--filter", default="all", choices=("all", "parsed", "gold"),
+                        help="what the training file keeps (parsed, gold: "
+                        "<output>.<filter>.jsonl)")
+    output.add_argument("--min-agreement", type=float, default=0.0,
+                        help="with --filter parsed/gold and --samples: keep records whose "
+                        "winning label has at least this share of the votes")
+    output.add_argument("--limit", type=int, help="label only the first N inputs")
+    output.add_argument("--retry-failed", action="store_true",
+                        help="ask again for the inputs whose completions did not parse")
+    cost = extract.add_argument_group("cost")
+    cost.add_argument("--dry-run", action="store_true",
+                      help="print the first request, the tokens and the cost; send and write "
+                      "nothing")
+    cost.add_argument("--tokenizer", help="dry run: a tokenizer.json to count tokens with "
+                      "(otherwise an estimate)")
+    cost.add_argument("--price-input", type=float, help="US dollars per million input tokens")
+    cost.add_argument("--price-output", type=float,
+                      help="US dollars per million output tokens")
+    cost.add_argument("--max-spend-tokens", type=int,
+                      help="stop starting requests once this run has used this many tokens")
+    cost.add_argument("--max-cost", type=float,
+                      help="stop starting requests once this run has spent this many dollars")
+    batch = extract.add_argument_group("batch route")
+    batch.add_argument("--batch", action="store_true",
+                       help="send what is left through OpenAI's Batch API (about half price, "
+                       "answers within 24 h); a rerun resumes its batches")
+    batch.add_argument("--batch-poll", type=float, default=30.0,
+                       help="seconds between looks at a batch")
+    batch.add_argument("--write-batch-file",
+                       help="only write the requests left, for `vllm run-batch -i FILE`")
+    batch.add_argument("--read-batch-results",
+                       help="read the results of `vllm run-batch -o FILE` into the output")
     extract.add_argument("--no-progress", action="store_true", help="no progress bar")
-    extract.set_defaults(run=_extract)
+    extract.set_defaults(run=_extract, parser=extract)
 
 
 def _extract(args) -> int:
+    from dss_keras.teacher.backends.adaptation import RequestParameters
+    from dss_keras.teacher.batch import BatchRoute
+    from dss_keras.teacher.dry_run import dry_run
     from dss_keras.teacher.extraction import extract
+    from dss_keras.teacher.spending import Prices
 
+    if (args.price_input is None) != (args.price_output is None):
+        args.parser.error("give both --price-input and --price-output")
+    prices = (Prices(args.price_input, args.price_output)
+              if args.price_input is not None else None)
     if args.backend == "openai":
+        parameters = (RequestParameters.for_reasoning_model(args.omit_parameter)
+                      if args.reasoning_model else
+                      RequestParameters(omitted=frozenset(args.omit_parameter)))
         options = dict(base_url=args.base_url, api_key_env=args.api_key_env, route=args.route,
                        concurrency=args.concurrency, timeout=args.timeout,
-                       max_retries=args.max_retries, seed=args.seed)
+                       max_retries=args.max_retries, seed=args.seed, parameters=parameters)
     else:
         options = dict(batch_size=args.batch_size, seed=args.seed)
+    common = dict(model=args.model, backend_options=options, demonstrations=args.demonstrations,
+                  answer_format=args.answer_format, instruction=args.instruction,
+                  prompt_version=args.prompt_version, samples=args.samples,
+                  temperature=args.temperature, max_tokens=args.max_tokens, limit=args.limit,
+                  retry_failed=args.retry_failed, prices=prices)
+    if args.dry_run:
+        print(dry_run(args.input, args.output, args.task, args.backend,
+                      tokenizer=args.tokenizer, **common))
+        return 0
+    route = None
+    if args.batch or args.write_batch_file or args.read_batch_results:
+        if args.backend != "openai":
+            args.parser.error("the batch route needs --backend openai")
+        route = BatchRoute(poll_interval=args.batch_poll, write_requests=args.write_batch_file,
+                           read_results=args.read_batch_results)
     report = extract(
-        args.input, args.output, args.task, args.backend, model=args.model,
-        backend_options=options, demonstrations=args.demonstrations,
-        answer_format=args.answer_format, instruction=args.instruction,
-        prompt_version=args.prompt_version, samples=args.samples,
-        temperature=args.temperature, max_tokens=args.max_tokens, filter=args.filter,
-        limit=args.limit, progress=not args.no_progress)
+        args.input, args.output, args.task, args.backend, filter=args.filter,
+        min_agreement=args.min_agreement, keep_reasoning=args.keep_reasoning,
+        max_spend_tokens=args.max_spend_tokens, max_cost=args.max_cost, batch=route,
+        progress=not args.no_progress, **common)
     print(report)
+    if report.stopped and (args.max_spend_tokens or args.max_cost) and not args.write_batch_file:
+        return 4
     return 0 if not report.request_failures else 3
 
 

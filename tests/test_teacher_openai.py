@@ -86,7 +86,9 @@ def test_samples_vote_and_store_agreement(tmp_path):
     for line in map(json.loads, open(tmp_path / "out.jsonl")):
         teacher = line["teacher"]
         assert len(teacher["completions"]) == 3
-        assert teacher["sampling"] == {"samples": 3, "temperature": 0.7, "max_tokens": 256}
+        assert teacher["sampling"] == {"samples": 3, "temperature": 0.7, "max_tokens": None}
+        assert teacher["request"] == {"n": 3, "max_tokens": 256, "temperature": 0.7,
+                                      "stop": ["\nPremise:"]}
         if teacher["status"] == "ok":
             # Three different labels: the first one wins with a third of the votes.
             assert teacher["agreement"] == pytest.approx(1 / 3)
@@ -103,10 +105,10 @@ def test_authentication_failure_stops_the_run(tmp_path):
 
 def test_api_key_comes_from_the_environment_only(monkeypatch, tmp_path):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    with pytest.raises(ValueError, match="OPENAI_API_KEY"):
-        OpenAIBackend("gpt-x")
-    monkeypatch.setenv("MY_KEY", "sk-secret-value")
     inputs = write_nli_inputs(tmp_path / "in.jsonl", 2)
+    with pytest.raises(ValueError, match="OPENAI_API_KEY"):  # before any request is sent
+        extract(inputs, tmp_path / "keyless.jsonl", "esnli", OpenAIBackend("gpt-x"))
+    monkeypatch.setenv("MY_KEY", "sk-secret-value")
     with FakeOpenAIServer(complete=nli_complete) as server:
         backend = _backend(server, api_key_env="MY_KEY")
         report = extract(inputs, tmp_path / "out.jsonl", "esnli", backend)

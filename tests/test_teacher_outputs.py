@@ -275,3 +275,54 @@ def test_real_teacher_outputs(name, split, total, failed):
         assert all(label.startswith("(") for label in labels)
     else:
         assert not any(label.endswith(".") or "(" + "a)" in label for label in labels)
+
+
+# --- chat models: case, markdown, letters --------------------------------------------------
+
+MILK = {"a": "cupboard", "b": "refrigerator", "c": "pantry"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Milk must stay cold. so the answer is (b) refrigerator.",
+        "Milk must stay cold. So The Answer Is (b) refrigerator.",
+        "Milk must stay cold. So the answer is **(b) refrigerator**",
+        "Milk must stay cold. **So the answer is** (b) refrigerator.",
+        "Milk must stay cold. **So the answer is (b) refrigerator.**",
+        "Milk must stay cold. So the answer is: *(b) refrigerator*.",
+        "Milk must stay cold.\nSo the  answer is `(B) Refrigerator`",
+    ],
+)
+def test_markers_in_any_case_and_markdown(text):
+    parsed = parse_teacher_output(text, get_answer_format("cqa"), MILK)
+    assert (parsed.rationale, parsed.label) == ("Milk must stay cold.", "refrigerator")
+
+
+@pytest.mark.parametrize("answer", ["(b).", "(b)", "b.", "B", "refrigerator."])
+def test_a_letter_alone_or_the_text_alone_names_the_choice(answer):
+    parsed = parse_teacher_output(f"Milk must stay cold. So the answer is {answer}",
+                                  get_answer_format("cqa"), MILK)
+    assert parsed.label == "refrigerator"
+
+
+def test_a_letter_and_a_text_that_disagree_are_a_failure_with_that_cause():
+    from dss_keras.teacher.answers import failure_cause
+
+    parsed = parse_teacher_output("Milk must stay cold. So the answer is (a) refrigerator.",
+                                  get_answer_format("cqa"), MILK)
+    assert parsed.label is None
+    assert parsed.error == ("letter and text disagree: (a) is 'cupboard', the answer says "
+                            "'refrigerator'")
+    assert failure_cause(parsed.error) == "letter and choice text disagree"
+    missing = parse_teacher_output("Cold. So the answer is (e).", get_answer_format("cqa"), MILK)
+    assert missing.error == "letter (e) is not one of the choices a, b, c"
+
+
+def test_without_the_choices_a_letter_alone_still_fails():
+    assert parse("Milk must stay cold. So the answer is (b).", "cqa").label is None
+
+
+def test_svamp_takes_a_so_before_its_marker_and_the_rationale_keeps_none_of_it():
+    parsed = parse("84 / 2 = 42. So the answer is (84 / 2).", "svamp")
+    assert parsed == ParsedOutput("84 / 2 = 42.", "(84 / 2)")

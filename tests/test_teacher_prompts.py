@@ -5,8 +5,9 @@ import pytest
 
 from dss_keras.data.records import RecordError
 from dss_keras.data.teacher_outputs import parse_teacher_outputs
-from dss_keras.teacher import prompts
-from dss_keras.teacher.prompts import Demonstration, custom_template, get_template
+from dss_keras.teacher import tasks as prompts
+from dss_keras.teacher.prompts import Demonstration
+from dss_keras.teacher.tasks import custom_template, get_template
 
 from pathlib import Path
 
@@ -18,7 +19,8 @@ OFFICIAL = _ROOT / "dss_official" if (_ROOT / "dss_official").is_dir() else _ROO
 def test_builtin_demonstrations_parse_back_to_their_labels(task):
     template = get_template(task)
     assert 8 <= len(template.demonstrations) <= 12
-    assert template.version == f"{task}-v1"
+    assert template.version == f"{task}-{template.digest()}"
+    assert template.aliases == (f"{task}-v1",)  # the same prompt as before versions were digests
     template.check()
     labels = [template.parse(template.render_answer(d)).label
               for d in template.demonstrations]
@@ -107,3 +109,32 @@ def test_release_completions_parse_with_the_templates(task):
     records = read_official(task, OFFICIAL, "train").records[:20]
     for record in records:
         assert template.prompt(record.input).text.endswith(f"Q: {record.input}\nA:")
+
+
+def test_a_built_in_task_takes_other_demonstrations_or_instruction_as_a_new_version(tmp_path):
+    from dss_keras.teacher.tasks import resolve_template
+
+    builtin = get_template("esnli")
+    told = resolve_template("esnli", instruction="Decide.")
+    assert told.prompt("a </s> b").text.startswith("Decide.\n\nPremise:")
+    assert told.version != builtin.version and told.aliases == ()
+    path = tmp_path / "demos.jsonl"
+    path.write_text(json.dumps({"input": "A cat sleeps. </s> An animal rests.",
+                                "rationale": "A cat is an animal.", "label": "entailment"}) + "\n")
+    shown = resolve_template("esnli", demonstrations=path)
+    assert len(shown.demonstrations) == 1 and shown.version not in builtin.versions
+    assert shown.version == resolve_template("esnli", demonstrations=path).version
+    with pytest.raises(ValueError, match="esnli reads its own answers"):
+        resolve_template("esnli", answer_format="yes,no")
+    with pytest.raises(ValueError, match="does not parse back"):
+        path.write_text(json.dumps({"input": "x </s> y", "rationale": "r", "label": "maybe"})
+                        + "\n")
+        resolve_template("esnli", demonstrations=path)
+
+
+def test_a_parsed_cqa_answer_is_checked_against_the_input_choices():
+    template = get_template("cqa")
+    question = "Where is milk kept?\nAnswer Choices:\n(a) cupboard\n(b) refrigerator"
+    assert template.parse("Cold. So the answer is (b).", question).label == "refrigerator"
+    assert "disagree" in template.parse("Cold. So the answer is (a) refrigerator.",
+                                        question).error

@@ -14,17 +14,26 @@ One parser, `parse_teacher_output`, reads them all, driven by a per-benchmark
 `AnswerFormat`:
 
 1. Cut the text at the next few-shot example: the first `stop` marker (`Q:`
-   or `Premise:`) that starts the text or follows whitespace.
-2. Find the answer marker; it must occur exactly once. The rationale is the
+   or `Premise:`) that starts the text or follows whitespace. Markdown bold
+   (`**`) is dropped, as chat models write it around markers and answers.
+2. Find the answer marker, in any letter case and spacing (`so the answer
+   is`, `So the Answer is`; a marker that does not start with "So" also
+   takes a "So" before it); it must occur exactly once. The rationale is the
    text before it, stripped, and must not be empty.
-3. The answer is the first line of text after the marker, stripped (a
-   completion cut mid-word after the answer line, e.g.
-   `Answer: neutral\\n\\nPrem`, still parses). It must match the format's
-   `answer` pattern as a whole; the pattern's `label` group is the label; it
-   must hold a letter or a digit, and its parentheses must balance (an
-   unbalanced label is a completion cut inside its answer).
+3. The answer is the first line of text after the marker, stripped of a
+   leading colon and of `*`, `_` or backticks around it (a completion cut
+   mid-word after the answer line, e.g. `Answer: neutral\\n\\nPrem`, still
+   parses). It must match the format's `answer` pattern as a whole; the
+   pattern's `label` group is the label; it must hold a letter or a digit,
+   and its parentheses must balance (an unbalanced label is a completion cut
+   inside its answer).
 4. When the format lists `labels`, the label must be one of them (compared
    case-insensitively; the listed spelling is returned).
+5. Multiple choice (`choice_label`), when the input's choices are given
+   (`choices_of`): a letter alone (`(b)`, `b`) stands for its choice; the
+   choice text alone is accepted; a letter whose text is another choice's,
+   or no choice at all, is a failure ("letter and text disagree"), never
+   a guess.
 
 What the formats accept, and where they differ from the reference code:
 
@@ -47,7 +56,9 @@ reason are recorded; nothing raises and alignment with the inputs is kept.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
+import unicodedata
 from typing import Mapping, Sequence
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")
@@ -65,6 +76,8 @@ class AnswerFormat:
         answer: A regular expression the whole answer (the rest of the
             marker's line, stripped) must match, with a group named `label`.
         labels: When not empty, the only labels accepted (case-insensitive).
+        choice_label: For multiple choice, what the label is: `"text"` (the
+            choice's text, as in cqa) or `"letter"`; `""` otherwise.
 
     Examples:
 
@@ -77,6 +90,7 @@ class AnswerFormat:
     marker: str
     answer: str
     labels: tuple[str, ...] = ()
+    choice_label: str = ""
 
     def __post_init__(self):
         for field in ("stop", "marker"):
@@ -96,6 +110,7 @@ ANSWER_FORMATS: Mapping[str, AnswerFormat] = {
         # One letter, then text that names no second letter, then an optional
         # final period.
         answer=r"\([a-eA-E]\)\s*(?P<label>(?:(?!\([a-eA-E]\)).)+?)\s*\.?",
+        choice_label="text",
     ),
     "svamp": AnswerFormat(
         stop="Q:",
@@ -158,12 +173,69 @@ def _cut_at_stop(text: str, stop: str) -> str:
     return text if match is None else text[: match.start()]
 
 
-def parse_teacher_output(output, answer_format: AnswerFormat) -> ParsedOutput:
+_CHOICE_LINE = re.compile(r"^\(([a-zA-Z])\)\s*(.+?)\s*$", re.MULTILINE)
+_WRAPPED = re.compile(r"([*_`]+)(.+?)\1\s*(\.?)")
+_LETTER_ONLY = re.compile(r"\(?([a-zA-Z])\)?\s*\.?")
+_LETTER_AND_TEXT = re.compile(r"\(([a-zA-Z])\)\s*(.+?)\s*\.?")
+
+
+def choices_of(text: str) -> dict[str, str]:
+    """The `(x) choice` lines of a multiple-choice input, `{letter: choice}`.
+
+    Examples:
+
+    >>> choices_of("Where is milk kept?\\n(a) oven\\n(b) refrigerator")
+    {'a': 'oven', 'b': 'refrigerator'}
+    """
+    return {letter.lower(): choice for letter, choice in _CHOICE_LINE.findall(text)}
+
+
+def _same_text(a: str, b: str) -> bool:
+    def norm(text):
+        return " ".join(unicodedata.normalize("NFKC", text).casefold().split()).rstrip(".")
+    return norm(a) == norm(b)
+
+
+@functools.lru_cache(maxsize=64)
+def _marker_pattern(marker: str) -> re.Pattern:
+    words = marker.split()
+    pattern = r"\s+".join(re.escape(word) for word in words)
+    if words[0].casefold() != "so":
+        pattern = r"(?:\bso,?\s+)?" + pattern
+    return re.compile(r"(?<!\w)" + pattern, re.IGNORECASE)
+
+
+def _choice(answer: str, answer_format: AnswerFormat, choices: Mapping[str, str]):
+    """`(label, error)` of a multiple-choice answer, or `None` to read it by the pattern."""
+    letter, text = None, None
+    if match := _LETTER_ONLY.fullmatch(answer):
+        letter = match.group(1).lower()
+    elif (match := _LETTER_AND_TEXT.fullmatch(answer)) and not re.search(
+            r"\([a-zA-Z]\)", match.group(2)):
+        letter, text = match.group(1).lower(), match.group(2)
+    else:
+        named = [key for key, choice in choices.items() if _same_text(answer, choice)]
+        if len(named) != 1:
+            return None
+        letter = named[0]
+    if letter not in choices:
+        return None, f"letter ({letter}) is not one of the choices {', '.join(choices)}"
+    if text is not None and not _same_text(text, choices[letter]):
+        return None, (f"letter and text disagree: ({letter}) is {choices[letter]!r}, "
+                      f"the answer says {text!r}")
+    return (choices[letter] if answer_format.choice_label == "text" else letter), None
+
+
+def parse_teacher_output(output, answer_format: AnswerFormat,
+                         choices: Mapping[str, str] | None = None) -> ParsedOutput:
     """Parses one raw completion; never raises.
 
     Args:
         output: The completion text (anything that is not a string fails).
         answer_format: The benchmark's `AnswerFormat`, see `get_answer_format`.
+        choices: The input's choices (`choices_of`), for a multiple-choice
+            format: a letter alone then names its choice, and a letter and a
+            text that disagree are a failure.
 
     Returns:
         A `ParsedOutput`; on failure its `error` says why.
@@ -178,27 +250,44 @@ def parse_teacher_output(output, answer_format: AnswerFormat) -> ParsedOutput:
     >>> parse_teacher_output("So hard. So the answer is either (b) lake or (d) pond.",
     ...                      cqa).error
     "answer 'either (b) lake or (d) pond.' does not match the format"
+    >>> choices = {"a": "oven", "b": "refrigerator"}
+    >>> parse_teacher_output("Milk is kept cold. **So the answer is (b).**", cqa, choices).label
+    'refrigerator'
+    >>> parse_teacher_output("Milk is kept cold. So the answer is (a) refrigerator.", cqa,
+    ...                      choices).error
+    "letter and text disagree: (a) is 'oven', the answer says 'refrigerator'"
     """
     if not isinstance(output, str):
         return _failure(f"expected a string, received {type(output).__name__}")
-    text = _cut_at_stop(output, answer_format.stop)
+    text = _cut_at_stop(output, answer_format.stop).replace("**", "")
     if not text.strip():
         return _failure("empty output")
-    count = text.count(answer_format.marker)
-    if count != 1:
-        where = "no" if count == 0 else f"{count} times the"
+    markers = list(_marker_pattern(answer_format.marker).finditer(text))
+    if len(markers) != 1:
+        where = "no" if not markers else f"{len(markers)} times the"
         return _failure(f"{where} answer marker {answer_format.marker!r}")
-    rationale, rest = text.split(answer_format.marker)
-    rationale = rationale.strip()
+    rationale, rest = text[:markers[0].start()].strip(), text[markers[0].end():]
     if not rationale:
         return _failure("empty rationale")
-    answer = rest.strip().split("\n", 1)[0].strip()
+    answer = rest.strip().split("\n", 1)[0].strip().lstrip(":").strip()
+    if wrapped := _WRAPPED.fullmatch(answer):
+        answer = wrapped.group(2).strip() + wrapped.group(3)
+    if choices and answer_format.choice_label:
+        read = _choice(answer, answer_format, choices)
+        if read is not None:
+            label, error = read
+            return _failure(error) if error else _labelled(rationale, label, answer_format)
     match = re.fullmatch(answer_format.answer, answer)
     label = match.group("label").strip() if match else ""
     if not any(char.isalnum() for char in label):
         return _failure(f"answer {answer!r} does not match the format")
     if not _balanced(label):
         return _failure(f"answer {answer!r} has unbalanced parentheses")
+    return _labelled(rationale, label, answer_format)
+
+
+def _labelled(rationale: str, label: str, answer_format: AnswerFormat) -> ParsedOutput:
+    """The parsed output, once the label is checked against a closed label set."""
     if answer_format.labels:
         by_key = {known.casefold(): known for known in answer_format.labels}
         if label.casefold() not in by_key:

@@ -13,26 +13,34 @@ report = teacher.extract(
 print(report)
 ```
 
-- `prompts`: templates, demonstrations and answer formats of custom tasks;
-- `backends`: OpenAI-compatible endpoints and KerasHub causal LMs;
-- `extraction`: the resumable, exactly-once loop and self-consistency;
+- `prompts`, `tasks`: templates; the built-in tasks, and custom ones;
+- `backends`: OpenAI-compatible endpoints (adapting to what they accept:
+  `backends.adaptation`) and KerasHub causal LMs;
+- `extraction`, `output_file`, `answers`: the resumable, exactly-once loop,
+  its locked output file, and the record of each answer;
+- `batch`: the Batch API route and `vllm run-batch` files;
+- `dry_run`, `spending`: the prompt, tokens and cost before a run, and the
+  spending limit during one;
 - `report`: the run's report and the training-file filters.
 
 Nothing here imports TensorFlow or KerasHub until the KerasHub backend is
 built (importing `dss_keras` itself does).
 """
 
-from dss_keras.teacher.backends import Backend, Generation, make_backend
-from dss_keras.teacher.extraction import extract, majority_vote, read_inputs
+from dss_keras.teacher.answers import majority_vote
+from dss_keras.teacher.backends import Backend, Generation, TeacherError, make_backend
+from dss_keras.teacher.backends.adaptation import RequestParameters
+from dss_keras.teacher.extraction import extract, read_inputs
+from dss_keras.teacher.dry_run import dry_run
+from dss_keras.teacher.prompts import Demonstration, Prompt, PromptTemplate
 from dss_keras.teacher.report import FILTERS, ExtractionReport
-from dss_keras.teacher.prompts import (
+from dss_keras.teacher.spending import Prices
+from dss_keras.teacher.tasks import (
     ANSWER_KINDS,
     TASKS,
-    Demonstration,
-    Prompt,
-    PromptTemplate,
     custom_answer_format,
     custom_template,
     get_template,
     read_demonstrations,
+    resolve_template,
 )

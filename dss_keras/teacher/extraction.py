@@ -1,43 +1,43 @@
 """The extraction loop: inputs in, one teacher record per input out, exactly once.
 
-`extract` prompts the teacher for every input of a records file and appends
+`extract` prompts the teacher for every input of a records file and writes
 each finished input to the output as one JSON line in the record schema
-(`dss_keras.data.records`) with a `teacher` object:
+(`dss_keras.data.records`) with a `teacher` object (`answers.teacher_record`).
 
-```
-{"id": ..., "input": ..., "label": <gold or null>, "rationale": ..., "llm_label": ...,
- "teacher": {"model", "backend", "task", "prompt_version", "sampling", "completions",
-             "finish_reasons", "status", "error", "cause", "agreement", "usage", "attempts"}}
-```
-
-Exactly once, across crashes:
-
-- Lines are written in input order, each with one `write` and a flush; the
-  file is locked while a run writes to it.
-- A rerun reads the output first: ids already there are skipped; a torn
-  last line (no newline, or not JSON: a crash mid-write) is cut off and
-  redone; a different model or prompt version is refused.
+- **Nothing paid is lost.** Each record is written the moment its
+  completion arrives, whatever order the completions finish in
+  (`output_file.OutputFile`: locked before anything is read or repaired,
+  torn last line cut and redone, each id once); at the end of the run the
+  file is put back in input order, atomically.
 - An input whose request failed for good (after retries) is *not* written,
   only counted in the report, so a rerun tries it again. An input whose
-  completion does not parse *is* written (status `parse_error`, null
-  rationale and label): asking again would give the same answer.
-
-Self-consistency (`samples > 1`): every sample is parsed, the labels vote
-(equal equation values vote together), the kept rationale is the first one
-whose label won, and `agreement` is the winner's share of all samples.
+  completion does not parse *is* written (`parse_error`, null rationale and
+  label); `retry_failed=True` asks again for those, and the record of each
+  id is then its last attempt, once.
+- **Early stop.** `REFUSALS_IN_A_ROW` requests in a row (in the order they
+  finish) refused by the server with the same status and message (an HTTP
+  4xx that no adaptation fixes: a wrong parameter, a model that does not
+  take this prompt) stop the run with the server's message, so that one
+  mistake is not paid for once per input (what is in flight, or received and
+  not yet read, still comes back: at most twice `concurrency` requests).
+  HTTP 401, 403 and 404 stop it at the first.
+- **Spending limit.** With `max_spend_tokens` or `max_cost`, no new request
+  starts once the limit is reached; what is in flight finishes and is
+  written (an overshoot of at most twice `concurrency` requests: those in
+  flight and those received but not yet counted), the report says
+  so, and a rerun continues.
+- The report is printed, returned, and added to `<output stem>.report.json`
+  (`report.save_report`), whose totals add up the resumed runs.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import json
 import logging
 import os
 import time
 from typing import Sequence
 
-from dss_keras import metrics
 from dss_keras.data.records import (
     Record,
     RecordError,
@@ -45,11 +45,26 @@ from dss_keras.data.records import (
     read_records,
     record_from_dict,
 )
-from dss_keras.teacher.backends import Backend, Generation, cut_at_stop, make_backend
-from dss_keras.teacher.prompts import PromptTemplate, custom_template, get_template
-from dss_keras.teacher.report import FILTERS, ExtractionReport, summarize
+from dss_keras.teacher.answers import teacher_record
+from dss_keras.teacher.backends import Backend, Generation, TeacherError, make_backend
+from dss_keras.teacher.backends.adaptation import DEFAULT_BUDGET, TOKEN_PARAMETERS
+from dss_keras.teacher.output_file import OutputFile
+from dss_keras.teacher.prompts import PromptTemplate
+from dss_keras.teacher.tasks import resolve_template
+from dss_keras.teacher.report import (
+    FILTERS,
+    ExtractionReport,
+    report_path,
+    save_report,
+    summarize,
+)
+from dss_keras.teacher.spending import Prices, SpendingLimit, TokenCounter
 
 logger = logging.getLogger(__name__)
+
+REFUSALS_IN_A_ROW = 5
+"""Requests in a row refused with the same status and message that stop a run."""
+
 
 def read_inputs(path: str | os.PathLike) -> list[Record]:
     """Reads the inputs to label: a records file whose `label` may be absent.
@@ -84,144 +99,23 @@ def read_inputs(path: str | os.PathLike) -> list[Record]:
     return records
 
 
-class TeacherLog:
-    """The output file: resumable, append-only, one line per finished input.
-
-    Opening it reads what is there, cuts off a torn last line, refuses a
-    different model or prompt version, and locks the file.
-    """
-
-    def __init__(self, path: str, model: str, prompt_version: str):
-        self.path = path
-        self.done: set[str] = set()
-        if os.path.exists(path):
-            self._resume(model, prompt_version)
-        self._file = open(path, "a", encoding="utf-8")
+def prepare_inputs(input_path: str, template: PromptTemplate,
+                   limit: int | None = None) -> list[Record]:
+    """The inputs to label, each checked to render in the template (file:line on error)."""
+    records = read_inputs(input_path)[:limit]
+    for number, record in enumerate(records, start=1):
         try:
-            import fcntl
-
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # not on POSIX: no lock
-            pass
-        except OSError:
-            self._file.close()
-            raise RuntimeError(f"Another extraction is writing to {path}.") from None
-
-    def _resume(self, model: str, prompt_version: str) -> None:
-        with open(self.path, "rb") as f:
-            data = f.read()
-        lines = data.split(b"\n")
-        good_end, number = 0, 0
-        for number, raw in enumerate(lines[:-1], start=1):
-            try:
-                record = json.loads(raw) if raw.strip() else None
-            except json.JSONDecodeError:
-                if number == len(lines) - 1:  # the last line: torn by a crash
-                    break
-                raise RecordError(self.path, number, None, "invalid JSON in a teacher "
-                                  "file; only a torn last line is repaired") from None
-            good_end += len(raw) + 1
-            if record is None:
-                continue
-            teacher = record.get("teacher") or {}
-            for key, expected in (("model", model), ("prompt_version", prompt_version)):
-                if teacher.get(key) != expected:
-                    raise ValueError(
-                        f"{self.path}:{number}: written with {key} {teacher.get(key)!r}, "
-                        f"but this run uses {expected!r}. Write to another output file, "
-                        "or use the same model and prompt to resume.")
-            self.done.add(str(record.get("id")))
-        if good_end < len(data):
-            logger.warning("%s: cutting off a torn last line (%d bytes); it is redone.",
-                           self.path, len(data) - good_end)
-            with open(self.path, "r+b") as f:
-                f.truncate(good_end)
-
-    def append(self, record: dict) -> None:
-        if record["id"] in self.done:
-            raise RuntimeError(f"id {record['id']!r} is already in {self.path}")
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._file.flush()
-        self.done.add(record["id"])
-
-    def close(self) -> None:
-        if not self._file.closed:
-            os.fsync(self._file.fileno())
-            self._file.close()
+            template.render_input(record.input)
+        except ValueError as e:
+            raise RecordError(input_path, number, "input", str(e)) from None
+    return records
 
 
-def vote_key(label: str, metric: str):
-    """What makes two labels the same vote: their value for equations, else their text."""
-    if metric in metrics.EQUATION_BENCHMARKS:
-        value = metrics.evaluate_arithmetic(label)
-        if value is not None:
-            return round(value, 9)
-    return metrics.normalize_text(label)
-
-
-def majority_vote(labels: Sequence[str | None], metric: str = "exact_match"):
-    """`(index of the kept sample, agreement)`; `(None, 0.0)` when no label parsed.
-
-    Ties go to the label seen first; the kept sample is the first of the winners.
-
-    Examples:
-
-    >>> majority_vote(["yes", None, "no", "Yes"])
-    (0, 0.5)
-    >>> majority_vote(["(2 + 2)", "(4)", "(3 + 2)"], "svamp")
-    (0, 0.6666666666666666)
-    """
-    keys = [None if label is None else vote_key(label, metric) for label in labels]
-    counts = collections.Counter(k for k in keys if k is not None)
-    if not counts:
-        return None, 0.0
-    best = max(counts.values())
-    winner = next(k for k in keys if k is not None and counts[k] == best)
-    return keys.index(winner), best / len(labels)
-
-
-def failure_cause(error: str, finish_reason: str | None = None) -> str:
-    """A short, countable cause of a parse failure."""
-    if finish_reason == "length":
-        return "truncated (max tokens reached)"
-    for needle, cause in (("is not one of", "label outside the label set"),
-                          ("no answer marker", "no answer marker"),
-                          ("times the answer marker", "several answer markers"),
-                          ("does not match the format", "answer does not match the format"),
-                          ("unbalanced", "answer cut inside parentheses"),
-                          ("empty", error)):
-        if needle in error:
-            return cause
-    return error
-
-
-def teacher_record(record: Record, generation: Generation, template: PromptTemplate,
-                   stop: Sequence[str], metadata: dict) -> dict:
-    """The output line of one input whose request succeeded."""
-    texts = [cut_at_stop(t, stop) for t in generation.texts]
-    parsed = [template.parse(t) for t in texts]
-    kept, agreement = majority_vote([p.label for p in parsed], template.metric)
-    teacher = {**metadata, "completions": list(generation.texts),
-               "finish_reasons": list(generation.finish_reasons),
-               "status": "ok", "error": None, "cause": None, "agreement": agreement,
-               "usage": generation.usage, "attempts": generation.attempts}
-    if kept is None:
-        first = parsed[0] if parsed else None
-        reason = first.error if first else "no completion"
-        finish = generation.finish_reasons[0] if generation.finish_reasons else None
-        teacher.update(status="parse_error", error=reason, cause=failure_cause(reason, finish))
-        rationale = label = None
-    else:
-        rationale, label = parsed[kept].rationale, parsed[kept].label
-    return {"id": record.id, "input": record.input, "label": record.label,
-            "rationale": rationale, "llm_label": label, "teacher": teacher}
-
-
-class _Prompts(Sequence):
+class Prompts(Sequence):
     """Prompts rendered when asked for, so that a large input file is not held twice."""
 
-    def __init__(self, template: PromptTemplate, records: Sequence[Record], messages: bool):
-        self.template, self.records, self.messages = template, records, messages
+    def __init__(self, template: PromptTemplate, records: Sequence[Record]):
+        self.template, self.records = template, records
 
     def __len__(self):
         return len(self.records)
@@ -232,19 +126,49 @@ class _Prompts(Sequence):
         return self.template.prompt(self.records[i].input)
 
 
-def _resolve_template(task, demonstrations, answer_format, instruction, prompt_version):
-    if isinstance(task, PromptTemplate):
-        return task
-    if task == "custom":
-        if demonstrations is None or answer_format is None:
-            raise ValueError("A custom task needs `demonstrations` and `answer_format`.")
-        return custom_template(demonstrations, answer_format, instruction, prompt_version)
-    template = get_template(task)
-    if prompt_version is not None:
-        template = dataclasses.replace(template, version=prompt_version)
-    return template
+class _Refusals:
+    """Stops the run after `REFUSALS_IN_A_ROW` identical refusals in a row."""
+
+    def __init__(self):
+        self.error, self.count = None, 0
+
+    def see(self, generation: Generation) -> None:
+        if not generation.refused:
+            self.error, self.count = None, 0
+            return
+        self.count = self.count + 1 if generation.error == self.error else 1
+        self.error = generation.error
+        if self.count >= REFUSALS_IN_A_ROW:
+            raise TeacherError(
+                f"The teacher endpoint refused {self.count} requests in a row: {self.error}. "
+                "Stopped so that it is not paid for once per input: fix the model, prompt or "
+                "parameters, then rerun (what was written stays).")
 
 
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How each input is sampled: `samples` completions at `temperature`, `max_tokens` each."""
+
+    samples: int = 1
+    temperature: float = 0.0
+    max_tokens: int | None = None
+
+    @classmethod
+    def of(cls, samples: int, temperature: float | None,
+           max_tokens: int | None) -> "Sampling":
+        """With the default temperature: 0 for one sample, 0.7 for several (they must differ)."""
+        if samples < 1:
+            raise ValueError(f"`samples` must be at least 1. Received: samples={samples}")
+        if temperature is None:
+            temperature = 0.0 if samples == 1 else 0.7
+        return cls(samples, temperature, max_tokens)
+
+    def budget(self, generation: Generation) -> int:
+        """The completion budget a generation was sent with."""
+        sent = [generation.request[k] for k in TOKEN_PARAMETERS if k in generation.request]
+        if sent:
+            return max(sent)
+        return DEFAULT_BUDGET if self.max_tokens is None else self.max_tokens
 
 
 def extract(
@@ -257,16 +181,23 @@ def extract(
     backend_options: dict | None = None,
     demonstrations: str | os.PathLike | None = None,
     answer_format: str | None = None,
-    instruction: str = "",
+    instruction: str | None = None,
     prompt_version: str | None = None,
     samples: int = 1,
     temperature: float | None = None,
-    max_tokens: int = 256,
+    max_tokens: int | None = None,
     filter: str = "all",
+    min_agreement: float = 0.0,
     limit: int | None = None,
+    retry_failed: bool = False,
+    keep_reasoning: bool = False,
+    prices: Prices | None = None,
+    max_spend_tokens: int | None = None,
+    max_cost: float | None = None,
+    batch=None,
     progress: bool = False,
 ) -> ExtractionReport:
-    """Prompts a teacher for every input and appends one teacher record per input.
+    """Prompts a teacher for every input and writes one teacher record per input.
 
     Args:
         input_path: Records to label (`read_inputs`): `input`, and `id` and a
@@ -277,25 +208,37 @@ def extract(
         backend: `"openai"`, `"keras-hub"`, or a `Backend`.
         model: The model (name, preset or directory) for a backend given by name.
         backend_options: Keyword arguments of the backend's constructor.
-        demonstrations, answer_format, instruction: Of a custom task, see
-            `custom_template`.
+        demonstrations, instruction: Of a custom task, or instead of a
+            built-in task's own (a new prompt version); see `resolve_template`.
+        answer_format: Of a custom task, see `custom_template`.
         prompt_version: Overrides the template's version.
         samples: Completions per input; more than one votes (self-consistency).
         temperature: Sampling temperature; default 0 for one sample, else 0.7.
-        max_tokens: Tokens per completion at most.
+        max_tokens: Completion tokens per request at most; `None`: 256, or
+            4096 for a reasoning model (its thinking counts against it).
         filter: What the training file keeps: `"all"` (the output itself),
             `"parsed"` (records with a teacher label) or `"gold"` (records whose
             teacher label matches the gold label); the last two are written
             next to the output as `<output>.<filter>.jsonl`.
+        min_agreement: With `filter` `"parsed"` or `"gold"`, also leave out
+            records whose winning label has less than this share of the samples.
         limit: Label only the first `limit` inputs.
+        retry_failed: Ask again for the inputs whose records did not parse.
+        keep_reasoning: Keep a reasoning model's reasoning in `teacher.reasoning`.
+        prices: Dollars per million input and output tokens, for the cost.
+        max_spend_tokens, max_cost: Stop starting requests once this run has
+            spent this many tokens, or dollars (needs `prices`).
+        batch: A `batch.BatchRoute`: send what is left through a batch API
+            instead of one request at a time.
         progress: Show a progress bar (rate and ETA) on stderr.
 
     Returns:
-        An `ExtractionReport`.
+        An `ExtractionReport` (also added to `<output stem>.report.json`).
 
     Raises:
         TeacherError: when the endpoint refuses every request (HTTP 401,
-            403, 404); what was written stays and a rerun resumes.
+            403, 404, or the same refusal `REFUSALS_IN_A_ROW` times in a row);
+            what was written stays and a rerun resumes.
 
     Examples:
 
@@ -303,7 +246,7 @@ def extract(
     >>> from dss_keras.teacher.backends import Backend, Generation
     >>> class Constant(Backend):
     ...     model = "constant"
-    ...     def generate(self, prompts, n=1, temperature=0.0, max_tokens=256, stop=None):
+    ...     def generate(self, prompts, n=1, temperature=0.0, max_tokens=None, stop=None):
     ...         return [Generation(("2 + 3 = 5. The answer is (2 + 3).",) * n) for _ in prompts]
     >>> folder = tempfile.mkdtemp()
     >>> _ = open(os.path.join(folder, "in.jsonl"), "w").write(
@@ -319,77 +262,122 @@ def extract(
     start = time.perf_counter()
     if filter not in FILTERS:
         raise ValueError(f"`filter` must be one of {FILTERS}. Received: filter={filter!r}")
-    if samples < 1:
-        raise ValueError(f"`samples` must be at least 1. Received: samples={samples}")
-    template = _resolve_template(task, demonstrations, answer_format, instruction,
-                                 prompt_version)
+    sampling = Sampling.of(samples, temperature, max_tokens)
+    if not 0.0 <= min_agreement <= 1.0 or (min_agreement and filter == "all"):
+        raise ValueError("`min_agreement` is a share between 0 and 1 that filters the training "
+                         "file: give `filter` 'parsed' or 'gold' with it. Received: "
+                         f"min_agreement={min_agreement}, filter={filter!r}")
+    template = resolve_template(task, demonstrations, answer_format, instruction,
+                                prompt_version)
     input_path, output_path = os.fspath(input_path), os.fspath(output_path)
-    records = read_inputs(input_path)[:limit]
-    for number, record in enumerate(records, start=1):
-        try:
-            template.render_input(record.input)
-        except ValueError as e:
-            raise RecordError(input_path, number, "input", str(e)) from None
+    records = prepare_inputs(input_path, template, limit)
+    spending = SpendingLimit(max_spend_tokens, max_cost, prices)
     if isinstance(backend, str):
         if not model:
             raise ValueError("Name the teacher model (`model`).")
         backend = make_backend(backend, model, **(backend_options or {}))
-    if temperature is None:
-        temperature = 0.0 if samples == 1 else 0.7
     metadata = {**backend.describe(), "task": template.name,
                 "prompt_version": template.version,
-                "sampling": {"samples": samples, "temperature": temperature,
-                             "max_tokens": max_tokens}}
+                "sampling": dataclasses.asdict(sampling)}
     report = ExtractionReport(output_path, num_inputs=len(records))
-    log = TeacherLog(output_path, backend.model, template.version)
     try:
-        todo = [r for r in records if r.id not in log.done]
-        report.skipped = len(records) - len(todo)
-        _run(todo, template, backend, log, metadata, report, samples, temperature,
-             max_tokens, progress)
+        with OutputFile(output_path, backend.model, template.versions) as output:
+            try:
+                if retry_failed:
+                    asked = {r.id for r in records}
+                    again = [k for k, e in output.entries.items() if e.status != "ok"
+                             and k in asked]
+                    output.drop(again)
+                    report.retried = len(again)
+                todo = [r for r in records if r.id not in output.entries]
+                report.skipped = len(records) - len(todo)
+                run = Run(template, backend, output, metadata, report, sampling, spending,
+                          keep_reasoning)
+                if batch is not None:
+                    batch.run(run, todo)
+                else:
+                    run.send(todo, progress)
+                output.finish([r.id for r in records])
+                summarize(report, template.metric, filter, min_agreement)
+            finally:
+                report.cost = spending.cost
+                report.wall_time = time.perf_counter() - start
+                _save(report)
     finally:
-        log.close()
         backend.close()
-    summarize(report, template.metric, filter)
-    report.wall_time = time.perf_counter() - start
     logger.info("%s", report)
     return report
 
 
-def _run(todo, template, backend, log, metadata, report, samples, temperature, max_tokens,
-         progress):
-    """Asks the backend for `todo` and writes the finished ones in input order."""
-    prompts = _Prompts(template, todo, backend.wants_messages)
-    bar = None
-    if progress and todo:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(todo), unit="input", dynamic_ncols=True, smoothing=0.1)
-    finished: dict[int, dict | None] = {}
-    next_index = 0
-    request_failures = collections.Counter()
+def _save(report: ExtractionReport) -> None:
     try:
-        for index, generation in backend.iter_generate(
-                prompts, samples, temperature, max_tokens, template.stop):
-            report.requests += generation.attempts
-            report.prompt_tokens += generation.usage.get("prompt_tokens", 0)
-            report.completion_tokens += generation.usage.get("completion_tokens", 0)
-            if generation.error is not None:
-                request_failures[generation.error.split(" (after")[0]] += 1
-                finished[index] = None
-                logger.warning("id %s: request failed: %s", todo[index].id, generation.error)
-            else:
-                finished[index] = teacher_record(todo[index], generation, template,
-                                                 template.stop, metadata)
-            while next_index in finished:
-                line = finished.pop(next_index)
-                if line is not None:
-                    log.append(line)
-                    report.written += 1
-                next_index += 1
+        save_report(report)
+    except OSError as e:
+        logger.warning("%s: the report was not saved: %s", report_path(report.output_path),
+                       e.strerror or e)
+
+
+class Run:
+    """One run's state: writes each generation as it arrives, and keeps the accounts."""
+
+    def __init__(self, template, backend, output, metadata, report, sampling, spending,
+                 keep_reasoning):
+        self.template, self.backend, self.output = template, backend, output
+        self.metadata, self.report, self.sampling = metadata, report, sampling
+        self.spending, self.keep_reasoning = spending, keep_reasoning
+        self.refusals = _Refusals()
+        self.counter = TokenCounter()
+        self.received = 0
+
+    def send(self, todo: Sequence[Record], progress: bool = False) -> None:
+        """Asks the backend for `todo`, one request (or batch) at a time."""
+        bar = None
+        if progress and todo:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(todo), unit="input", dynamic_ncols=True, smoothing=0.1)
+        prompts = Prompts(self.template, todo)
+        self.received = 0
+        try:
+            for index, generation in self.backend.iter_generate(
+                    prompts, self.sampling.samples, self.sampling.temperature,
+                    self.sampling.max_tokens, self.template.stop,
+                    admit=lambda: not self.spending.exhausted):
+                self.receive(todo[index], generation, prompts, index)
+                if bar is not None:
+                    bar.update(1)
+        finally:
             if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-        report.request_failures = dict(request_failures)
+                bar.close()
+            self.close(len(todo) - self.received)
+
+    def receive(self, record: Record, generation: Generation, prompts=None, index=None) -> None:
+        """Accounts for one input's generation and writes its record (or counts its failure)."""
+        report = self.report
+        self.received += 1
+        report.requests += generation.attempts
+        for key in ("prompt_tokens", "completion_tokens", "reasoning_tokens",
+                    "unanswered_requests"):
+            setattr(report, key, getattr(report, key) + generation.usage.get(key, 0))
+        unanswered = generation.usage.get("unanswered_requests", 0)
+        prompt_estimate = (self.counter.count_prompt(prompts[index], self.backend.wants_messages)
+                           if unanswered and prompts is not None else 0)
+        self.spending.charge(generation.usage, prompt_estimate, self.sampling.budget(generation))
+        self.refusals.see(generation)
+        if generation.error is not None:
+            cause = generation.error.split(" (after")[0]
+            report.request_failures[cause] = report.request_failures.get(cause, 0) + 1
+            logger.warning("id %s: request failed: %s", record.id, generation.error)
+            return
+        self.output.append(teacher_record(record, generation, self.template, self.metadata,
+                                          self.sampling.budget(generation),
+                                          self.keep_reasoning))
+        report.written += 1
+
+    def close(self, left: int) -> None:
+        """Notes why the run stopped with `left` inputs unanswered, and what was adapted."""
+        if left:
+            self.report.stopped = self.spending.reason
+        self.report.adaptations = list(self.backend.adaptations)
+        if self.backend.parameters is not None:
+            self.report.parameters = self.backend.parameters.describe()

@@ -22,38 +22,28 @@ line `Answer: <label>`. The same template also renders chat messages: the
 instruction as the system message, each demonstration as a user turn and an
 assistant turn.
 
-Built-in templates: `cqa`, `svamp`, `esnli`, `anli1`, with demonstrations
-written for this package (`dss_keras/teacher/demonstrations/*.jsonl`). A
-custom task gives its own demonstrations, instruction and answer format (see
-`custom_template` and `ANSWER_KINDS`). Every template has a `version`, stored
-with each teacher output; a custom template's version is a digest of what it
-shows the teacher, so that changing a demonstration changes the version.
+The built-in templates (`cqa`, `svamp`, `esnli`, `anli1`) and custom ones
+are made in `dss_keras.teacher.tasks`. Every template
+has a `version`, stored with each teacher output: `<task>-<digest>` of what
+it shows the teacher (`PromptTemplate.digest`), so that changing a
+demonstration changes the version. Outputs written under the older names
+(`cqa-v1`) resume while the prompt is the same (`PromptTemplate.aliases`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import os
 import re
-from importlib import resources
-from typing import Sequence
 
-from dss_keras.config import BENCHMARKS
 from dss_keras.data.teacher_outputs import (
     AnswerFormat,
     ParsedOutput,
-    get_answer_format,
+    choices_of,
     parse_teacher_output,
 )
 
-TASKS = BENCHMARKS
-"""Tasks with a built-in template: the paper's benchmarks."""
-# Custom answer formats: a comma-separated closed label set, or one of these.
-ANSWER_KINDS = ("letters", "number", "text")
 _NLI_SPLIT = re.compile(r"\s*</s>\s*")
-_CHOICE_LINE = re.compile(r"^\(([a-zA-Z])\)\s*(.+?)\s*$", re.MULTILINE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,9 +83,12 @@ class PromptTemplate:
         answer_end: After the answer.
         metric: How labels are scored against gold labels
             (`dss_keras.metrics.score_predictions`).
+        aliases: Older names of the same prompt: outputs written under them
+            resume.
 
     Examples:
 
+    >>> from dss_keras.teacher.tasks import get_template
     >>> template = get_template("svamp")
     >>> prompt = template.prompt("Ann has 3 pens and buys 4 more.\\nHow many pens?")
     >>> prompt.text.endswith("Q: Ann has 3 pens and buys 4 more.\\nHow many pens?\\nA:")
@@ -114,6 +107,7 @@ class PromptTemplate:
     answer_separator: str = " "
     answer_end: str = "."
     metric: str = "exact_match"
+    aliases: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.answer_style not in ("choice", "letter", "plain"):
@@ -144,7 +138,7 @@ class PromptTemplate:
         if self.answer_style == "letter":
             label = f"({label})"
         elif self.answer_style == "choice":
-            letters = {c.casefold(): l for l, c in _CHOICE_LINE.findall(demonstration.input)}
+            letters = {c.casefold(): l for l, c in choices_of(demonstration.input).items()}
             if label.casefold() not in letters:
                 raise ValueError(
                     "A demonstration's label must be one of its `(x) choice` lines. "
@@ -154,25 +148,51 @@ class PromptTemplate:
         return (f"{demonstration.rationale}{self.answer_separator}"
                 f"{self.answer_format.marker} {label}{self.answer_end}")
 
+    @property
+    def versions(self) -> tuple[str, ...]:
+        """The version, then its aliases: the names an output may carry to resume."""
+        return (self.version, *self.aliases)
+
+    def shown(self) -> str:
+        """What the teacher is shown before every input: the instruction and the demonstrations."""
+        blocks = [self.instruction] if self.instruction else []
+        blocks += [f"{self.render_input(d.input)}\nA: {self.render_answer(d)}"
+                   for d in self.demonstrations]
+        return "\n\n".join(blocks)
+
+    def digest(self) -> str:
+        """12 hex digits of SHA-256 of `shown()`: what versions a prompt.
+
+        Examples:
+
+        >>> from dss_keras.teacher.tasks import get_template
+        >>> get_template("svamp").digest() == get_template("svamp").version[-12:]
+        True
+        """
+        return hashlib.sha256(self.shown().encode("utf-8")).hexdigest()[:12]
+
     def prompt(self, text: str) -> Prompt:
         """The few-shot prompt of one input."""
-        blocks = [self.instruction] if self.instruction else []
         messages = [{"role": "system", "content": self.instruction}] if self.instruction else []
         for demo in self.demonstrations:
-            question, answer = self.render_input(demo.input), self.render_answer(demo)
-            blocks.append(f"{question}\nA: {answer}")
-            messages += [{"role": "user", "content": question},
-                         {"role": "assistant", "content": answer}]
+            messages += [{"role": "user", "content": self.render_input(demo.input)},
+                         {"role": "assistant", "content": self.render_answer(demo)}]
         question = self.render_input(text)
-        blocks.append(f"{question}\nA:")
         messages.append({"role": "user", "content": question})
-        return Prompt("\n\n".join(blocks), tuple(messages))
+        shown = self.shown()
+        return Prompt(f"{shown}\n\n{question}\nA:" if shown else f"{question}\nA:",
+                      tuple(messages))
 
-    def parse(self, completion) -> ParsedOutput:
-        """Parses a completion (a leading `A:`, as chat models may write, is dropped)."""
+    def parse(self, completion, input: str | None = None) -> ParsedOutput:
+        """Parses a completion (a leading `A:`, as chat models may write, is dropped).
+
+        With the `input`, a multiple-choice answer is checked against the
+        input's choices (a letter alone names its choice).
+        """
         if isinstance(completion, str):
             completion = re.sub(r"^\s*A:", "", completion)
-        return parse_teacher_output(completion, self.answer_format)
+        choices = choices_of(input) if input and self.answer_format.choice_label else None
+        return parse_teacher_output(completion, self.answer_format, choices)
 
     def check(self) -> None:
         """Raises `ValueError` unless every demonstration parses back to its own label."""
@@ -184,158 +204,3 @@ class PromptTemplate:
                     f"Demonstration {i} does not parse back to its label "
                     f"({parsed.error or parsed.label!r}). Received: label={demo.label!r}"
                 )
-
-
-_BUILTIN = {
-    # name: (version, instruction, answer_style, input_style, separator, end, metric)
-    "cqa": ("cqa-v1", "Answer the multiple-choice question. Explain the reasoning, then "
-            "give the answer.", "choice", "question", " ", ".", "cqa"),
-    "svamp": ("svamp-v1", "Solve the math word problem. Explain the reasoning, then give "
-              "the answer as an equation in parentheses.", "plain", "question", " ", ".",
-              "svamp"),
-    "esnli": ("esnli-v1", "Does the premise entail the hypothesis, contradict it, or "
-              "neither? Explain, then answer entailment, neutral or contradiction.",
-              "plain", "nli", "\n", "", "esnli"),
-    "anli1": ("anli1-v1", "Does the premise entail the hypothesis, contradict it, or "
-              "neither? Explain, then answer entailment, neutral or contradiction.",
-              "plain", "nli", " ", ".", "anli1"),
-}
-
-
-def read_demonstrations(path: str | os.PathLike) -> tuple[Demonstration, ...]:
-    """Reads a JSONL file of `{"input", "rationale", "label"}` objects.
-
-    Raises:
-        RecordError: naming the file, line and field of a bad demonstration.
-    """
-    from dss_keras.data.records import RecordError, iter_json_lines
-
-    path = os.fspath(path)
-    demonstrations = []
-    for line, data in iter_json_lines(path):
-        if not isinstance(data, dict):
-            raise RecordError(path, line, None, "expected a JSON object")
-        for field in ("input", "rationale", "label"):
-            if not isinstance(data.get(field), str) or not data[field].strip():
-                raise RecordError(path, line, field, "expected a non-empty string")
-        demonstrations.append(Demonstration(data["input"], data["rationale"], data["label"]))
-    if not demonstrations:
-        raise ValueError(f"No demonstrations in {path}.")
-    return tuple(demonstrations)
-
-
-def get_template(name: str) -> PromptTemplate:
-    """The built-in template of a benchmark: `cqa`, `svamp`, `esnli` or `anli1`.
-
-    Examples:
-
-    >>> template = get_template("cqa")
-    >>> template.version, len(template.demonstrations)
-    ('cqa-v1', 10)
-    """
-    if name not in _BUILTIN:
-        raise ValueError(f"No built-in template; known: {', '.join(TASKS)}. "
-                         f"Received: name={name!r}")
-    version, instruction, answer_style, input_style, separator, end, metric = _BUILTIN[name]
-    with resources.as_file(resources.files(__package__) / "demonstrations" / f"{name}.jsonl") as p:
-        demonstrations = read_demonstrations(p)
-    return PromptTemplate(
-        name=name, version=version, instruction=instruction,
-        demonstrations=demonstrations, answer_format=get_answer_format(name),
-        answer_style=answer_style, input_style=input_style, answer_separator=separator,
-        answer_end=end, metric=metric)
-
-
-def _letters(spec: str) -> tuple[str, ...]:
-    spec = spec.strip().lower() or "a-e"
-    if re.fullmatch(r"[a-z]-[a-z]", spec):
-        return tuple(chr(c) for c in range(ord(spec[0]), ord(spec[2]) + 1))
-    if re.fullmatch(r"[a-z]+", spec):
-        return tuple(spec)
-    raise ValueError(f"Letters are a range like `a-e` or a list like `abcd`. Received: {spec!r}")
-
-
-def custom_answer_format(spec: str) -> tuple[AnswerFormat, str, str]:
-    """The `AnswerFormat`, answer style and metric of a custom answer format.
-
-    Args:
-        spec: A closed label set, comma-separated (`entailment,neutral,contradiction`);
-            `letters` (`(a)` to `(e)`; `letters:a-d` or `letters:abcd` for others; the
-            label is the letter); `number` (an integer or decimal); or `text` (any
-            answer on the marker's line).
-
-    Examples:
-
-    >>> fmt, style, metric = custom_answer_format("yes,no")
-    >>> parse_teacher_output("It rains. So the answer is maybe.", fmt).error
-    "label 'maybe' is not one of yes, no"
-    >>> custom_answer_format("number")[0].answer
-    '\\\\$?(?P<label>[-+]?\\\\d+(?:\\\\.\\\\d+)?)\\\\s*\\\\.?'
-    """
-    marker, stop = "So the answer is", "Q:"
-    kind, _, arg = spec.strip().partition(":")
-    if kind == "letters":
-        letters = _letters(arg)
-        fmt = AnswerFormat(stop, marker, r"\((?P<label>[a-zA-Z])\)(?:\s+.*?)?\s*\.?", letters)
-        return fmt, "letter", "exact_match"
-    if kind == "number":
-        return AnswerFormat(stop, marker, r"\$?(?P<label>[-+]?\d+(?:\.\d+)?)\s*\.?"), \
-            "plain", "equation"
-    if kind == "text":
-        return AnswerFormat(stop, marker, r"(?P<label>.+?)\s*\.?"), "plain", "exact_match"
-    labels = tuple(label.strip() for label in spec.split(",") if label.strip())
-    if len(labels) < 2:
-        raise ValueError(
-            "An answer format is a comma-separated label set (at least two labels) or one of "
-            f"{', '.join(ANSWER_KINDS)}. Received: answer_format={spec!r}")
-    return AnswerFormat(stop, marker, r"(?P<label>.+?)\s*\.?", labels), "plain", "exact_match"
-
-
-def custom_template(
-    demonstrations: Sequence[Demonstration] | str | os.PathLike,
-    answer_format: str,
-    instruction: str = "",
-    version: str | None = None,
-) -> PromptTemplate:
-    """A template for your own task.
-
-    Args:
-        demonstrations: `Demonstration`s, or a JSONL file of them.
-        answer_format: See `custom_answer_format`.
-        instruction: The first line of the prompt.
-        version: The prompt version; by default a digest of the instruction,
-            the demonstrations and the answer format.
-
-    Examples:
-
-    >>> demos = [Demonstration("Is ice cold?", "Ice is frozen water.", "yes"),
-    ...          Demonstration("Is fire cold?", "Fire burns.", "no")]
-    >>> template = custom_template(demos, "yes,no", "Answer yes or no.")
-    >>> print(template.prompt("Is snow cold?").text)
-    Answer yes or no.
-    <BLANKLINE>
-    Q: Is ice cold?
-    A: Ice is frozen water. So the answer is yes.
-    <BLANKLINE>
-    Q: Is fire cold?
-    A: Fire burns. So the answer is no.
-    <BLANKLINE>
-    Q: Is snow cold?
-    A:
-    >>> template.version.startswith("custom-")
-    True
-    """
-    if not isinstance(demonstrations, (list, tuple)):
-        demonstrations = read_demonstrations(demonstrations)
-    fmt, answer_style, metric = custom_answer_format(answer_format)
-    demonstrations = tuple(demonstrations)
-    if version is None:
-        shown = json.dumps([instruction, answer_format,
-                            [dataclasses.astuple(d) for d in demonstrations]])
-        version = "custom-" + hashlib.sha256(shown.encode()).hexdigest()[:12]
-    template = PromptTemplate(
-        name="custom", version=version, instruction=instruction,
-        demonstrations=demonstrations, answer_format=fmt, answer_style=answer_style,
-        metric=metric)
-    template.check()
-    return template

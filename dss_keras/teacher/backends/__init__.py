@@ -3,14 +3,17 @@
 A backend turns prompts into completions:
 
 ```
-backend.generate(prompts, n=1, temperature=0.0, max_tokens=256, stop=None)
+backend.generate(prompts, n=1, temperature=0.0, max_tokens=None, stop=None)
     -> [Generation, ...]          # one per prompt, in order
-backend.iter_generate(...)       # the same, as (index, Generation) when each is done
+backend.iter_generate(..., admit=None)
+    -> (index, Generation), ...   # as each is done; no new prompt once admit() is False
 ```
 
 A `Generation` holds the `n` sampled texts of one prompt, their finish
 reasons, the token usage and, when the request failed for good, an `error`
 (the texts are then empty). Backends never raise for one failed prompt.
+`max_tokens=None` lets the backend choose the budget (256 tokens, more for
+a reasoning model).
 
 - `OpenAIBackend` (`openai_compatible.py`): any OpenAI-compatible server
   through the official `openai` client, asynchronous with bounded
@@ -21,106 +24,9 @@ reasons, the token usage and, when the request failed for good, an `error`
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Iterator, Sequence
+from dss_keras.teacher.backends.base import Backend, Generation, TeacherError, cut_at_stop
 
-
-@dataclasses.dataclass(frozen=True)
-class Generation:
-    """The completions of one prompt.
-
-    Attributes:
-        texts: The sampled completions (empty when `error` is set).
-        finish_reasons: One per text, e.g. `"stop"` or `"length"`.
-        usage: Token counts, `{"prompt_tokens": ..., "completion_tokens": ...}`.
-        error: Why the request failed after its retries, else `None`.
-        attempts: Requests made (retries included).
-    """
-
-    texts: tuple[str, ...]
-    finish_reasons: tuple[str | None, ...] = ()
-    usage: dict = dataclasses.field(default_factory=dict)
-    error: str | None = None
-    attempts: int = 1
-
-
-class Backend:
-    """The interface of a teacher. Subclasses implement `generate` or `iter_generate`.
-
-    Attributes:
-        model: The model's name, stored with every output.
-        batch_size: Prompts per `generate` call when `iter_generate` is not
-            overridden.
-
-    Examples:
-
-    >>> class Echo(Backend):
-    ...     model = "echo"
-    ...     def generate(self, prompts, n=1, temperature=0.0, max_tokens=256, stop=None):
-    ...         return [Generation((str(p),) * n) for p in prompts]
-    >>> [g.texts for g in Echo().generate(["a", "b"], n=2)]
-    [('a', 'a'), ('b', 'b')]
-    >>> [(i, g.texts) for i, g in Echo().iter_generate(["a"])]
-    [(0, ('a',))]
-    """
-
-    model: str = "unknown"
-    batch_size: int = 8
-    # Whether `generate` takes `Prompt.messages` (chat) or `Prompt.text`.
-    wants_messages: bool = False
-
-    def generate(
-        self,
-        prompts: Sequence,
-        n: int = 1,
-        temperature: float = 0.0,
-        max_tokens: int = 256,
-        stop: Sequence[str] | None = None,
-    ) -> list[Generation]:
-        """One `Generation` per prompt, in order."""
-        done = dict(self.iter_generate(prompts, n, temperature, max_tokens, stop))
-        return [done[i] for i in range(len(prompts))]
-
-    def iter_generate(
-        self,
-        prompts: Sequence,
-        n: int = 1,
-        temperature: float = 0.0,
-        max_tokens: int = 256,
-        stop: Sequence[str] | None = None,
-    ) -> Iterator[tuple[int, Generation]]:
-        """`(index, Generation)` pairs as they finish (by default, batch by batch)."""
-        if type(self).generate is Backend.generate:
-            raise NotImplementedError("A backend implements `generate` or `iter_generate`.")
-        for start in range(0, len(prompts), self.batch_size):
-            batch = prompts[start:start + self.batch_size]
-            for offset, generation in enumerate(
-                self.generate(batch, n, temperature, max_tokens, stop)
-            ):
-                yield start + offset, generation
-
-    def describe(self) -> dict:
-        """What is stored about the backend with every output."""
-        return {"backend": type(self).__name__, "model": self.model}
-
-    def close(self) -> None:
-        """Releases connections or memory; the default does nothing."""
-
-
-def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
-    """The text up to its first stop sequence.
-
-    Examples:
-
-    >>> cut_at_stop("answer.\\nQ: next", ["\\nQ:"])
-    'answer.'
-    """
-    cut = len(text)
-    for marker in stop or ():
-        index = text.find(marker)
-        if index >= 0:
-            cut = min(cut, index)
-    return text[:cut]
+__all__ = ["Backend", "Generation", "TeacherError", "cut_at_stop", "make_backend"]
 
 
 def make_backend(kind: str, model: str, **options) -> Backend:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from dss_keras.teacher.backends import Backend, Generation, cut_at_stop
+from dss_keras.teacher.backends.base import Backend, Generation, cut_at_stop
+from dss_keras.teacher.backends.adaptation import DEFAULT_BUDGET
 
 
 class KerasHubBackend(Backend):
@@ -63,11 +64,12 @@ class KerasHubBackend(Backend):
         prompts: Sequence,
         n: int = 1,
         temperature: float = 0.0,
-        max_tokens: int = 256,
+        max_tokens: int | None = None,
         stop: Sequence[str] | None = None,
     ) -> list[Generation]:
         """One `Generation` per prompt, generating `batch_size` sequences at a time."""
         texts = [getattr(p, "text", p) for p in prompts]
+        max_tokens = DEFAULT_BUDGET if max_tokens is None else max_tokens
         self._compile_for(temperature)
         repeated = [t for t in texts for _ in range(n)]
         outputs = []
@@ -83,5 +85,6 @@ class KerasHubBackend(Backend):
             samples = [cut_at_stop(o, stop) for o in outputs[i * n:(i + 1) * n]]
             usage = {"prompt_tokens": self._count_tokens([text])[0] * n,
                      "completion_tokens": sum(self._count_tokens(samples))}
-            generations.append(Generation(tuple(samples), (None,) * n, usage))
+            generations.append(Generation(tuple(samples), (None,) * n, usage,
+                                          request={"n": n, "max_tokens": max_tokens}))
         return generations
