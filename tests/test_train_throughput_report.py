@@ -98,7 +98,7 @@ def test_bf16_with_the_float32_reference_is_refused_before_any_work(benchmark, m
 
 def test_bf16_reaches_every_side(benchmark, tmp_path):
     args = benchmark.parse_args(["--bf16", "--official", "peer", "--skip-reference",
-                                 "--variants", "fast,plain"])
+                                 "--variants", "fast,plain", "--data-dir", "release"])
     official, *keras_sides = benchmark._sides(args, ["fast", "plain"], tmp_path / "r.jsonl",
                                               tmp_path / "spm.model", tmp_path)
     assert official.func is benchmark.run_official
@@ -108,7 +108,7 @@ def test_bf16_reaches_every_side(benchmark, tmp_path):
     for side in keras_sides:  # each dss-keras side runs in its own process, with --bf16
         command = side.args[0]
         assert command[command.index("--side") + 1] == "keras" and "--bf16" in command
-    plain = benchmark.parse_args(["--skip-reference", "--variants", "fast"])
+    plain = benchmark.parse_args(["--skip-reference", "--variants", "fast", "--data-dir", "x"])
     assert "--bf16" not in benchmark._sides(plain, ["fast"], None, None, tmp_path)[0].args[0]
     assert benchmark.official_env(plain, tmp_path / "spm.model", tmp_path)[
         "DSS_PEER_RUN_ARGS"] == ""
