@@ -3,7 +3,8 @@
 ```
 config.json         the resolved TrainConfig (paths absolute)
 vocabulary.spm      the tiny model's vocabulary (see dss_keras.vocabulary)
-backup/             two generations of training state while training (dss_keras.backup)
+backup/             two generations of training state while training, the last one
+                    after (dss_keras.backup)
 logs/               TensorBoard logs
 model.keras         the trained DistillStepByStep (weights and optimizer state)
 metrics.json        losses, label accuracies, the data report and wall time
@@ -14,7 +15,11 @@ has been read and checked. Running the same config on it again resumes the
 run from its last backup, or returns the finished results. A different
 config is refused once training has started there; a directory that holds
 nothing but a claim (training never finished an evaluation period) is taken
-over by the new config. Nothing is deleted but such an abandoned claim.
+over by the new config. Nothing is deleted but such an abandoned claim, and
+the temporary files of writes that died.
+
+The last backup generation is kept after the run finishes: it holds the
+trained model.
 """
 
 from __future__ import annotations
@@ -26,7 +31,13 @@ import shutil
 
 from dss_keras.backup import Backup
 from dss_keras.config import TrainConfig
-from dss_keras.files import write_json, writing
+from dss_keras.files import (
+    check_room,
+    remove_abandoned_staging,
+    reporting_full_disk,
+    write_json,
+    writing,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +49,9 @@ MODEL = "model.keras"
 METRICS = "metrics.json"
 
 NEW, RESUME, FINISHED = "new", "resume", "finished"
+# What to do after a failure at the end of a run.
+_REBUILD_HINT = ("rerun the same command: it resumes from the last backup, which holds the "
+                 "trained model")
 
 
 def _started(run_dir: str) -> bool:
@@ -89,6 +103,7 @@ def claim(config: TrainConfig) -> None:
     """
     run_state = status(config)
     os.makedirs(config.run_dir, exist_ok=True)
+    remove_abandoned_staging(config.run_dir)
     path = os.path.join(config.run_dir, CONFIG)
     if run_state == RESUME:
         logger.info("Resuming the run in %s", config.run_dir)
@@ -116,8 +131,19 @@ def load_finished(run_dir: str):
 
 
 def save_finished(run_dir: str, model, metrics: dict) -> None:
-    """Saves the trained model, then the metrics (whose presence marks the end), then drops the backup."""
-    with writing(os.path.join(run_dir, MODEL), suffix=".keras") as tmp:
-        model.save(tmp)
-    write_json(os.path.join(run_dir, METRICS), metrics)
-    Backup(os.path.join(run_dir, BACKUP)).remove()
+    """Saves the trained model, then the metrics (whose presence marks the end).
+
+    Of the backup, only the newest generation is kept: `model.keras` can be
+    rebuilt from it.
+
+    Raises:
+        OSError: naming the run directory, when the disk has no room for
+            `model.keras`.
+    """
+    backup = Backup(os.path.join(run_dir, BACKUP))
+    backup.prune(1)
+    check_room(run_dir, backup.needed_bytes(model), MODEL, _REBUILD_HINT)
+    with reporting_full_disk(run_dir, MODEL, _REBUILD_HINT):
+        with writing(os.path.join(run_dir, MODEL), suffix=".keras") as tmp:
+            model.save(tmp)
+        write_json(os.path.join(run_dir, METRICS), metrics)

@@ -475,7 +475,7 @@ def train(
         backup_dir=os.path.join(config.run_dir, runs.BACKUP),
         log_dir=os.path.join(config.run_dir, runs.LOGS),
         callbacks=callbacks, verbose=verbose, strategy=strategy,
-        keep_backup=True,  # until the model is saved
+        keep_backup=True,  # the newest generation stays: model.keras can be rebuilt from it
     )
     metrics = {
         "config": config.to_dict(),
