@@ -69,14 +69,10 @@ def _train(args) -> int:
 
 
 def _load_model(run_dir: str):
-    import keras
+    """The model of a run directory or `.keras` file; a missing or damaged one says why."""
+    from dss_keras.run_dir import load_model
 
-    import dss_keras.model  # noqa: F401  (registers the classes)
-
-    path = run_dir if run_dir.endswith(".keras") else os.path.join(run_dir, "model.keras")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no trained model here; train one with `dss-keras train`.")
-    return keras.models.load_model(path)
+    return load_model(run_dir)
 
 
 def _run_metric(run_dir: str) -> str:

@@ -437,7 +437,8 @@ def train(
         callbacks: Extra Keras callbacks.
 
     Returns:
-        A `TrainResult`. A finished run directory returns its saved result.
+        A `TrainResult`. A finished run directory returns its saved result
+        (a damaged `model.keras` is rebuilt from the backup the run kept).
 
     Raises:
         ValueError: before anything is written, for data that cannot train
