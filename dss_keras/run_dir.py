@@ -3,6 +3,7 @@
 ```
 config.json         the resolved TrainConfig (paths absolute)
 vocabulary.spm      the tiny model's vocabulary (see dss_keras.vocabulary)
+train.lock          while a process trains here: its process id (dss_keras.run_lock)
 backup/             two generations of training state while training, the last one
                     after (dss_keras.backup)
 logs/               TensorBoard logs
@@ -21,8 +22,8 @@ the temporary files of writes that died.
 The last backup generation is kept after the run finishes: a damaged
 `model.keras` is rebuilt from it, without training, by running the same
 config again (`load_finished`). Readers of a run (`load_model`) say what is
-wrong when there is no model to load: stopped before the end, or a damaged
-file, and what to do about it.
+wrong when there is no model to load: still training, stopped before the
+end, or a damaged file, and what to do about it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import os
 import shutil
 import zipfile
 
+from dss_keras import run_lock
 from dss_keras.backup import Backup
 from dss_keras.config import TrainConfig
 from dss_keras.files import (
@@ -223,8 +225,8 @@ def load_model(path: str):
     """The trained model of a run directory (or of a `.keras` file), for the commands that use one.
 
     Raises:
-        FileNotFoundError: when there is no model, saying why: the run
-            stopped before it finished, or never trained.
+        FileNotFoundError: when there is no model, saying why: the run is
+            still training, stopped before it finished, or never trained.
         DamagedModelError: when the model file is damaged, saying how to
             recover it.
     """
@@ -240,6 +242,10 @@ def load_model(path: str):
 
 
 def _why_no_model(run_dir: str, path: str) -> str:
+    holder = run_lock.holder(run_dir)
+    if holder is not None:
+        return (f"{run_dir}: still training ({holder}); its {MODEL} is written when training "
+                "ends. Wait for it to finish.")
     generations = Backup(os.path.join(run_dir, BACKUP)).generations()
     if generations and os.path.exists(os.path.join(run_dir, CONFIG)):
         return (f"{run_dir}: training stopped before it finished (last backup: "
@@ -251,6 +257,8 @@ def _why_no_model(run_dir: str, path: str) -> str:
 def _how_to_recover(run_dir: str, path: str) -> str:
     if os.path.basename(path) != MODEL or not os.path.exists(os.path.join(run_dir, CONFIG)):
         return "Save or copy the model there again."
+    if run_lock.holder(run_dir) is not None:
+        return "A process is training in this run directory: wait for it to finish."
     if Backup(os.path.join(run_dir, BACKUP)).newest_model() is not None:
         return (f"The run kept its last backup: rerun the `dss-keras train` command that "
                 f"trained it (settings in {os.path.join(run_dir, CONFIG)}) to rebuild "
