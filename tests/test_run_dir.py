@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from dss_keras import cli, run_dir, testing
+from dss_keras import run_dir, testing
 from dss_keras.config import TrainConfig
 from dss_keras.data import Splits, write_jsonl
 from dss_keras.training import train
@@ -42,6 +42,12 @@ def run(finished, tmp_path):
     return config, splits, weights
 
 
+def stop_before_the_end(config) -> None:
+    """The run as if it had been stopped before it saved its model."""
+    for name in ("model.keras", "metrics.json"):
+        os.remove(os.path.join(config.run_dir, name))
+
+
 def damage(path, how: str) -> None:
     if how == "empty":
         open(path, "wb").close()
@@ -50,21 +56,10 @@ def damage(path, how: str) -> None:
             f.truncate(os.path.getsize(path) // 2)
 
 
-def run_cli(capsys, *argv):
-    try:
-        status = cli.main(list(argv))
-    except SystemExit as exit_info:
-        status = exit_info.code
-    err = capsys.readouterr().err
-    lines = [line for line in err.strip().splitlines() if line.startswith("dss-keras: error:")]
-    assert len(lines) == 1 and "Traceback" not in err and "File not found" not in err, err
-    return status, lines[0]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["empty", "truncated"])
 def test_every_command_that_loads_a_damaged_model_says_so_and_how_to_recover(
-        run, tmp_path, capsys, how):
+        run, tmp_path, cli_error, how):
     config, _, _ = run
     model_path = os.path.join(config.run_dir, "model.keras")
     damage(model_path, how)
@@ -73,7 +68,7 @@ def test_every_command_that_loads_a_damaged_model_says_so_and_how_to_recover(
     for argv in (["evaluate", config.run_dir, "--file", str(tmp_path / "test.jsonl")],
                  ["predict", config.run_dir, "Ana has 3 cups."],
                  ["export", config.run_dir, "--export-dir", str(tmp_path / "saved")]):
-        status, line = run_cli(capsys, *argv)
+        status, line = cli_error(*argv)
         assert status == 1
         assert line.startswith(f"dss-keras: error: {model_path}: damaged ({reason}"), line
         assert line.endswith(recover), line
@@ -103,35 +98,34 @@ def test_train_on_the_finished_run_rebuilds_a_damaged_model_without_training(run
 
 
 @pytest.mark.slow
-def test_without_a_kept_backup_the_message_says_to_train_again(run, capsys):
+def test_without_a_kept_backup_the_message_says_to_train_again(run, cli_error):
     config, splits, _ = run
     shutil.rmtree(os.path.join(config.run_dir, "backup"))
     model_path = os.path.join(config.run_dir, "model.keras")
     damage(model_path, "empty")
     again = ("The run kept no backup to rebuild it from: train it again, with the same command "
              "and another --run-dir.")
-    status, line = run_cli(capsys, "predict", config.run_dir, "Ana has 3 cups.")
+    status, line = cli_error("predict", config.run_dir, "Ana has 3 cups.")
     assert status == 1 and line.endswith(again), line
     with pytest.raises(run_dir.DamagedModelError, match="kept no backup"):
         train(config, splits, verbose=0)
     assert os.path.getsize(model_path) == 0  # nothing else was touched
 
 
-def test_a_damaged_keras_file_outside_a_run(tmp_path, capsys):
+def test_a_damaged_keras_file_outside_a_run(tmp_path, cli_error):
     path = tmp_path / "model.keras"
     path.write_bytes(b"PK\x03\x04")
-    status, line = run_cli(capsys, "predict", str(path), "Ana has 3 cups.")
+    status, line = cli_error("predict", str(path), "Ana has 3 cups.")
     assert status == 1 and line == (
         f"dss-keras: error: {path}: damaged (not a whole .keras archive: 4 bytes, cut short?). "
         "Save or copy the model there again.")
 
 
 @pytest.mark.slow
-def test_a_run_that_stopped_before_its_end_says_so(run, capsys):
+def test_a_run_that_stopped_before_its_end_says_so(run, cli_error):
     config, _, _ = run
-    for name in ("model.keras", "metrics.json"):
-        os.remove(os.path.join(config.run_dir, name))
-    status, line = run_cli(capsys, "predict", config.run_dir, "Ana has 3 cups.")
+    stop_before_the_end(config)
+    status, line = cli_error("predict", config.run_dir, "Ana has 3 cups.")
     assert status == 1 and line == (
         f"dss-keras: error: {config.run_dir}: training stopped before it finished (last backup: "
         "epoch-000002); rerun the `dss-keras train` command that started it to resume.")
@@ -140,8 +134,7 @@ def test_a_run_that_stopped_before_its_end_says_so(run, capsys):
 @pytest.mark.slow
 def test_the_rerun_of_a_stopped_run_removes_what_dead_writers_left(run):
     config, splits, weights = run
-    for name in ("model.keras", "metrics.json"):
-        os.remove(os.path.join(config.run_dir, name))
+    stop_before_the_end(config)
     dead = os.path.join(config.run_dir, ".tmp-model.keras-999999999-w.keras")  # a killed save
     open(dead, "wb").close()
     result = train(config, splits, verbose=0)
@@ -151,8 +144,8 @@ def test_the_rerun_of_a_stopped_run_removes_what_dead_writers_left(run):
         np.testing.assert_array_equal(got, want)
 
 
-def test_an_empty_directory_has_no_model(tmp_path, capsys):
-    status, line = run_cli(capsys, "predict", str(tmp_path), "Ana has 3 cups.")
+def test_an_empty_directory_has_no_model(tmp_path, cli_error):
+    status, line = cli_error("predict", str(tmp_path), "Ana has 3 cups.")
     assert status == 1 and line == (
         f"dss-keras: error: {tmp_path / 'model.keras'}: no trained model here; train one with "
         "`dss-keras train`.")

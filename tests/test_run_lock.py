@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from dss_keras import cli, run_lock, testing
+from dss_keras import run_lock, testing
 from dss_keras.run_lock import RunDirectoryBusy, RunLock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,17 +38,6 @@ def other_trainer(tmp_path):
         process.stdout.close()
 
 
-def run_cli(capsys, *argv):
-    try:
-        status = cli.main(list(argv))
-    except SystemExit as exit_info:
-        status = exit_info.code
-    err = capsys.readouterr().err
-    lines = [line for line in err.strip().splitlines() if line.startswith("dss-keras: error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return status, lines[0]
-
-
 def test_a_second_process_is_refused_with_the_pid_of_the_first(tmp_path, other_trainer):
     with pytest.raises(RunDirectoryBusy) as refused:
         RunLock(str(tmp_path)).acquire()
@@ -72,8 +61,9 @@ def test_the_lock_of_a_process_that_died_is_taken_over(tmp_path, other_trainer, 
     assert run_lock.holder(str(tmp_path)) is None
 
 
-def test_train_is_refused_and_readers_say_the_run_still_trains(tmp_path, other_trainer, capsys):
-    status, line = run_cli(capsys, "train", "--data", "word_problems:32",
+def test_train_is_refused_and_readers_say_the_run_still_trains(tmp_path, other_trainer,
+                                                              cli_error):
+    status, line = cli_error("train", "--data", "word_problems:32",
                            *testing.tiny_run_flags(), "--run-dir", str(tmp_path))
     assert status == 1 and line == (
         f"dss-keras: error: {tmp_path}: pid {other_trainer.pid} is training in this run "
@@ -84,7 +74,7 @@ def test_train_is_refused_and_readers_say_the_run_still_trains(tmp_path, other_t
     for argv in (["predict", str(tmp_path), "Ana has 3 cups."],
                  ["evaluate", str(tmp_path), "--file", str(tmp_path / "test.jsonl")],
                  ["export", str(tmp_path), "--export-dir", str(tmp_path / "saved")]):
-        assert run_cli(capsys, *argv) == (1, still)
+        assert cli_error(*argv) == (1, still)
     assert sorted(os.listdir(tmp_path)) == ["test.jsonl", run_lock.LOCK]  # nothing written
 
 
