@@ -120,7 +120,15 @@ class RunLock:
         """Takes the lock (again a no-op); refuses while another process holds it."""
         deadline = time.monotonic() + _SETTLE_SECONDS
         while self._fd is None:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as error:
+                if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise
+                # Nothing can be written here, so nothing needs the lock: a finished run
+                # can still be read; a write fails with its own error.
+                logger.info("%s: read-only; not locked", self.run_dir)
+                return self
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

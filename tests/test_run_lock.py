@@ -1,6 +1,7 @@
 """One trainer per run directory: a second one is refused with the first's pid, the lock of a
 process that died is taken over, and the commands that read a run say that it still trains."""
 
+import errno
 import os
 import signal
 import subprocess
@@ -59,6 +60,16 @@ def test_the_lock_of_a_process_that_died_is_taken_over(tmp_path, other_trainer, 
     lock.release()
     assert not os.path.exists(tmp_path / run_lock.LOCK)
     assert run_lock.holder(str(tmp_path)) is None
+
+
+def test_a_read_only_run_directory_is_read_without_a_lock(tmp_path, monkeypatch):
+    def read_only(path, flags, *args):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+
+    monkeypatch.setattr(os, "open", read_only)
+    lock = RunLock(str(tmp_path)).acquire()
+    assert not lock.held
+    lock.release()
 
 
 def test_train_is_refused_and_readers_say_the_run_still_trains(tmp_path, other_trainer,
