@@ -6,8 +6,8 @@ A run backs up its state after every evaluation period (an "epoch" of
 ```
 backup/
   epoch-000002/   the previous generation
-    model.weights.h5   weights and optimizer state
-    state.json         epoch, the history so far, train seconds, the weights' SHA-256
+    model.keras        the whole model: config, weights and optimizer state
+    state.json         epoch, the history so far, train seconds, the model file's SHA-256
   epoch-000003/   the newest generation
 ```
 
@@ -15,8 +15,17 @@ A generation is written into a temporary directory and renamed into place,
 so a kill at any moment leaves either the new generation or none of it; the
 older of the two kept generations is removed only after the new one is in
 place. On restart the newest generation whose `state.json` reads and whose
-weights match their checksum and load is restored; a torn one is reported
-and skipped in favour of the one before.
+model file matches its checksum and loads is restored; a torn one is reported
+and skipped in favour of the one before. (Generations written before the
+model file, with `model.weights.h5`, are restored the same way.)
+
+A full disk never crashes the process: the room a generation needs (the size
+of the last one, or an estimate from the variables) is checked before it is
+written, and the model goes through Keras' `.keras` writer, whose HDF5 part
+is built in memory when it fits there, so that a write that still fails is an
+`OSError` of Python's own file I/O, never a failure inside HDF5 (which h5py
+cannot recover from). Either way the error names the backup directory and
+what to do, and the failed generation's folder is removed.
 
 Unlike Keras' `BackupAndRestore`, which rewrites its files in place, no file
 is ever overwritten.
@@ -25,8 +34,8 @@ Examples:
 
 >>> import tempfile
 >>> backup = Backup(tempfile.mkdtemp())
->>> backup.generations()
-[]
+>>> backup.generations(), backup.newest_model() is None
+([], True)
 """
 
 from __future__ import annotations
@@ -35,25 +44,35 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 import shutil
 import time
 
 import keras
 
-from dss_keras.files import remove_abandoned_staging, staging_dir, write_json
+from dss_keras.files import (
+    check_room,
+    remove_abandoned_staging,
+    reporting_full_disk,
+    staging_dir,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS = "model.weights.h5"
+MODEL = "model.keras"
+WEIGHTS = "model.weights.h5"  # the model file of generations written before MODEL
 STATE = "state.json"
 _PREFIX = "epoch-"
 KEEP = 2
+RESUME_HINT = "rerun the same command: it resumes from the last backup"
 
 
 @dataclasses.dataclass
 class BackupState:
-    """What a generation holds besides the weights.
+    """What a generation holds besides the model.
 
     Attributes:
         epoch: Evaluation periods finished.
@@ -74,6 +93,31 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def _itemsize(dtype) -> int:
+    """Bytes per element of a Keras dtype name ("float32", "bfloat16", ...)."""
+    bits = re.search(r"(\d+)$", str(getattr(dtype, "name", dtype)))
+    return max(1, int(bits.group(1)) // 8) if bits else 4
+
+
+def estimated_size(model: keras.Model) -> int:
+    """Bytes a generation of `model` takes on disk, estimated from its variables.
+
+    Examples:
+
+    >>> layer = keras.layers.Dense(4)
+    >>> layer.build((None, 256))
+    >>> estimated_size(layer) > 4 * (256 * 4 + 4)
+    True
+    """
+    variables = list(model.weights)
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None:
+        variables += list(optimizer.variables)
+    data = sum(math.prod(v.shape) * _itemsize(v.dtype) for v in variables)
+    # HDF5 and zip entries per variable, the config and the assets (a vocabulary).
+    return int(data * 1.05) + 2048 * len(variables) + (512 << 10)
+
+
 class Backup:
     """The generations of one run's backup directory.
 
@@ -92,12 +136,17 @@ class Backup:
                  if n.startswith(_PREFIX) and n[len(_PREFIX):].isdigit()]
         return [os.path.join(self.directory, n) for n in sorted(names, reverse=True)]
 
-    def _read_state(self, generation: str) -> BackupState:
+    def _read_state(self, generation: str) -> tuple[BackupState, str]:
+        """The generation's state and its checked model file."""
         with open(os.path.join(generation, STATE), encoding="utf-8") as f:
             data = json.load(f)
-        if _sha256(os.path.join(generation, WEIGHTS)) != data["weights_sha256"]:
-            raise ValueError(f"{WEIGHTS} does not match its checksum")
-        return BackupState(int(data["epoch"]), data["history"], float(data["train_seconds"]))
+        name, key = (MODEL, "model_sha256") if "model_sha256" in data else (
+            WEIGHTS, "weights_sha256")
+        path = os.path.join(generation, name)
+        if _sha256(path) != data[key]:
+            raise ValueError(f"{name} does not match its checksum")
+        state = BackupState(int(data["epoch"]), data["history"], float(data["train_seconds"]))
+        return state, path
 
     def restore(self, model: keras.Model) -> BackupState | None:
         """Loads the newest sound generation into `model`; `None` when there is none.
@@ -107,10 +156,10 @@ class Backup:
         """
         for generation in self.generations():
             try:
-                state = self._read_state(generation)
+                state, path = self._read_state(generation)
                 if model.optimizer is not None and not model.optimizer.built:
                     model.optimizer.build(model.trainable_variables)
-                model.load_weights(os.path.join(generation, WEIGHTS))
+                model.load_weights(path)
             except Exception as error:  # A torn file can fail in many ways.
                 logger.warning("Skipping the damaged backup %s (%s: %s)", generation,
                                type(error).__name__, error)
@@ -119,29 +168,67 @@ class Backup:
             return state
         return None
 
+    def newest_model(self) -> str | None:
+        """The `model.keras` of the newest sound generation (checksum verified), if any."""
+        for generation in self.generations():
+            try:
+                _, path = self._read_state(generation)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if path.endswith(MODEL):
+                return path
+        return None
+
+    def needed_bytes(self, model: keras.Model) -> int:
+        """The room a new generation needs: the newest one's size, else an estimate."""
+        for generation in self.generations():
+            try:
+                sizes = [os.path.getsize(os.path.join(generation, n))
+                         for n in os.listdir(generation)]
+            except OSError:
+                continue
+            return int(sum(sizes) * 1.02) + (64 << 10)
+        return estimated_size(model)
+
     def save(self, model: keras.Model, state: BackupState) -> str:
-        """Writes a new generation, then drops all but the newest `KEEP`."""
+        """Writes a new generation, then drops all but the newest `KEEP`.
+
+        Raises:
+            OSError: naming the backup directory, when there is no room for
+                the generation (nothing is left of it; the older ones stay).
+        """
         os.makedirs(self.directory, exist_ok=True)
         remove_abandoned_staging(self.directory)
+        what = f"the backup of epoch {state.epoch}"
+        check_room(self.directory, self.needed_bytes(model), what, RESUME_HINT)
         staging = staging_dir(self.directory, f"{state.epoch:06d}")
-        weights = os.path.join(staging, WEIGHTS)
-        model.save_weights(weights)
-        with open(weights, "rb+") as f:
-            os.fsync(f.fileno())
-        write_json(os.path.join(staging, STATE), {
-            **dataclasses.asdict(state), "weights_sha256": _sha256(weights),
-            "saved_at": time.time(),
-        })
-        target = os.path.join(self.directory, f"{_PREFIX}{state.epoch:06d}")
-        if os.path.exists(target):  # a period redone after a damaged newer generation
-            shutil.rmtree(target)
-        os.rename(staging, target)
-        for old in self.generations()[KEEP:]:
-            shutil.rmtree(old, ignore_errors=True)
+        try:
+            with reporting_full_disk(self.directory, what, RESUME_HINT):
+                path = os.path.join(staging, MODEL)
+                model.save(path)
+                with open(path, "rb+") as f:
+                    os.fsync(f.fileno())
+                write_json(os.path.join(staging, STATE), {
+                    **dataclasses.asdict(state), "model_sha256": _sha256(path),
+                    "saved_at": time.time(),
+                })
+            target = os.path.join(self.directory, f"{_PREFIX}{state.epoch:06d}")
+            if os.path.exists(target):  # a period redone after a damaged newer generation
+                shutil.rmtree(target)
+            os.rename(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self.prune(KEEP)
         return target
 
+    def prune(self, keep: int) -> None:
+        """Removes all but the newest `keep` generations."""
+        for old in self.generations()[keep:]:
+            shutil.rmtree(old, ignore_errors=True)
+
     def remove(self) -> None:
-        """Deletes the whole backup (once the run is finished and saved)."""
+        """Deletes the whole backup."""
         shutil.rmtree(self.directory, ignore_errors=True)
 
 

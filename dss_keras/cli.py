@@ -25,14 +25,28 @@ environment says otherwise (`dss_keras.tf_fast_path.cpu_runtime`).
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import os
+import signal
 import sys
-from typing import Sequence
 
-from dss_keras.config import (
+# Ctrl-C before `main` can report it (while this module imports, or between the import and
+# the call), kept for `main`, where the command owns the process: `dss-keras` or `-m`.
+_EARLY_INTERRUPTS: list[int] = []
+
+
+def _keep_interrupt(signum, frame) -> None:
+    _EARLY_INTERRUPTS.append(signum)
+
+
+if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "dss-keras":
+    signal.signal(signal.SIGINT, _keep_interrupt)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+from typing import Sequence  # noqa: E402
+
+from dss_keras.config import (  # noqa: E402
     DEFAULT_ALPHAS,
     DEFAULT_TRAIN_FRACTIONS,
     MODES,
@@ -69,14 +83,10 @@ def _train(args) -> int:
 
 
 def _load_model(run_dir: str):
-    import keras
+    """The model of a run directory or `.keras` file; a missing or damaged one says why."""
+    from dss_keras.run_dir import load_model
 
-    import dss_keras.model  # noqa: F401  (registers the classes)
-
-    path = run_dir if run_dir.endswith(".keras") else os.path.join(run_dir, "model.keras")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no trained model here; train one with `dss-keras train`.")
-    return keras.models.load_model(path)
+    return load_model(run_dir)
 
 
 def _run_metric(run_dir: str) -> str:
@@ -572,16 +582,29 @@ def _message(error: BaseException) -> str:
     return f"{type(error).__name__}: {error} (--traceback shows where)"
 
 
+def _interrupted(traceback: bool) -> int:
+    """Ctrl-C: one line and exit status 130 (or the traceback, when asked)."""
+    if traceback:
+        raise
+    print("dss-keras: interrupted", file=sys.stderr)
+    # CPython ends the process by SIGINT at exit when a Ctrl-C crossed code that exec() ran
+    # from a string (dataclasses make their methods so), handled or not; running a string
+    # again clears that mark, so that the exit status is 130 wherever the Ctrl-C came.
+    exec("")
+    return 130
+
+
+def _traceback_asked(args=None) -> bool:
+    return bool(getattr(args, "traceback", False)) or os.environ.get("DSS_KERAS_TRACEBACK") == "1"
+
+
 def _reporting_errors(run, traceback: bool) -> int:
     """Runs `run()`; a failure becomes one `dss-keras: error: ...` line and exit status 1."""
-    traceback = traceback or os.environ.get("DSS_KERAS_TRACEBACK") == "1"
+    traceback = traceback or _traceback_asked()
     try:
         return run()
     except KeyboardInterrupt:
-        if traceback:
-            raise
-        print("dss-keras: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted(traceback)
     except Exception as error:
         if traceback:
             raise
@@ -595,13 +618,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     Usage errors exit with status 2 (argparse's message); failures print one
     line, `dss-keras: error: <file>:<line>: ...` where there is a place to
     name, and return 1. `--traceback` or `DSS_KERAS_TRACEBACK=1` raises them
-    instead.
+    instead. Ctrl-C, however early, prints `dss-keras: interrupted` and
+    returns 130.
     """
-    parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    args.verbose = getattr(args, "verbose", False)
-    _prepare_tensorflow(args.verbose)
-    return _reporting_errors(lambda: args.run(args), getattr(args, "traceback", False))
+    args = None
+    try:
+        if signal.getsignal(signal.SIGINT) is _keep_interrupt:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        if _EARLY_INTERRUPTS:
+            raise KeyboardInterrupt
+        parser = build_parser()
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        args.verbose = getattr(args, "verbose", False)
+        _prepare_tensorflow(args.verbose)
+    except KeyboardInterrupt:
+        return _interrupted(_traceback_asked(args))
+    return _reporting_errors(lambda: args.run(args), _traceback_asked(args))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ warnings) to the process's standard error, some of them before its own log
 level applies. `quiet_tensorflow()` raises the C++ log level and imports
 TensorFlow with the standard error file descriptor set aside, so that only
 what the program prints is shown. Errors raised while importing are shown in
-full. Call it before anything imports TensorFlow; the CLI and the quickstart
+full; a Ctrl-C while importing shows nothing of it. Call it before anything imports TensorFlow; the CLI and the quickstart
 do.
 """
 
@@ -54,7 +54,7 @@ def _import_silently() -> None:
         try:
             import tensorflow  # noqa: F401
             import tensorflow_text  # noqa: F401
-        except BaseException:
+        except Exception:
             os.dup2(saved, 2)
             captured.seek(0)
             sys.stderr.write(captured.read().decode("utf-8", "replace"))

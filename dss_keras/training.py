@@ -437,12 +437,17 @@ def train(
         callbacks: Extra Keras callbacks.
 
     Returns:
-        A `TrainResult`. A finished run directory returns its saved result.
+        A `TrainResult`. A finished run directory returns its saved result
+        (a damaged `model.keras` is rebuilt from the backup the run kept).
 
     Raises:
         ValueError: before anything is written, for data that cannot train
             (`check_trainable`), a run directory that is a file, or one that
             holds a started run with another config.
+        dss_keras.run_lock.RunDirectoryBusy: when another process trains in
+            the run directory (one left by a process that died is taken over).
+        OSError: naming the directory, when the disk has no room for a
+            backup or the model; a rerun once there is room resumes.
 
     Examples:
 
@@ -458,24 +463,41 @@ def train(
     """
     from dss_keras import run_dir as runs
     from dss_keras import strategies
+    from dss_keras.run_lock import RunLock
 
     strategy = strategies.make_strategy(config.strategy)
     chief = strategies.is_chief(strategy)  # Other workers write nothing to the run directory.
     config = config.resolved()
-    if runs.status(config) == runs.FINISHED:
-        model, metrics = runs.load_finished(config.run_dir)
-        return TrainResult(config.run_dir, model, metrics)
-    splits = splits or load_splits(config)
-    check_trainable(config, splits)  # before anything is written
-    if chief:
-        runs.claim(config)
+    lock = RunLock(config.run_dir)
+    try:
+        if chief and os.path.isdir(config.run_dir):
+            lock.acquire()  # before anything is read: another trainer may be writing
+        if runs.status(config) == runs.FINISHED:
+            model, metrics = runs.load_finished(config.run_dir)
+            return TrainResult(config.run_dir, model, metrics)
+        splits = splits or load_splits(config)
+        check_trainable(config, splits)  # before anything is written
+        if chief:
+            os.makedirs(config.run_dir, exist_ok=True)
+            lock.acquire()
+            runs.claim(config)
+        return _train_in(config, splits, strategy, chief, verbose, callbacks)
+    finally:
+        lock.release()
+
+
+def _train_in(config: TrainConfig, splits: Splits, strategy, chief: bool,
+              verbose: str | int, callbacks) -> TrainResult:
+    """`train` once the run directory is claimed (and locked)."""
+    from dss_keras import run_dir as runs
+
     result = fit(
         config, splits,
         vocabulary_path=os.path.join(config.run_dir, runs.VOCABULARY),
         backup_dir=os.path.join(config.run_dir, runs.BACKUP),
         log_dir=os.path.join(config.run_dir, runs.LOGS),
         callbacks=callbacks, verbose=verbose, strategy=strategy,
-        keep_backup=True,  # until the model is saved
+        keep_backup=True,  # the newest generation stays: model.keras can be rebuilt from it
     )
     metrics = {
         "config": config.to_dict(),

@@ -186,7 +186,7 @@ def test_8_9_a_torn_backup_is_skipped_and_history_spans_resumes(tmp_path, caplog
     splits = Splits(records[:20], records[20:], [])
     reference = train(TrainConfig(run_dir=str(tmp_path / "reference"), **TINY), splits,
                       verbose=0)
-    for torn in ("state.json", "model.weights.h5"):
+    for torn in ("state.json", "model.keras"):
         run_dir = tmp_path / f"torn-{torn}"
         config = TrainConfig(run_dir=str(run_dir), **TINY)
         with pytest.raises(RuntimeError, match="simulated crash"):
@@ -208,7 +208,7 @@ def test_8_9_a_torn_backup_is_skipped_and_history_spans_resumes(tmp_path, caplog
         np.testing.assert_allclose(history["loss"], reference.metrics["history"]["loss"],
                                    rtol=1e-5)
         assert result.metrics["train_seconds"] > 0
-        assert not os.path.exists(run_dir / "backup")
+        assert os.listdir(run_dir / "backup") == ["epoch-000003"]  # kept to rebuild the model
 
 
 # --- 10: exports readable by another user, abandoned staging removed ----------------------
@@ -320,3 +320,56 @@ def test_three_kills_in_a_row_end_in_one_run_with_every_epoch_once(tmp_path):
     assert len(got["history"]["loss"]) == 6  # every epoch once
     np.testing.assert_allclose(got["history"]["loss"], want["history"]["loss"], rtol=1e-5)
     assert got["validation"] == pytest.approx(want["validation"])
+
+
+# --- 13: Ctrl-C however early is one line and exit status 130 --------------------------------
+
+
+@pytest.mark.parametrize("where", ["build_parser", "_prepare_tensorflow"])
+def test_13_ctrl_c_while_the_command_starts_is_one_line(monkeypatch, capsys, where):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, where, interrupt)
+    assert cli.main(["predict", "runs/mine", "Ana has 3 cups."]) == 130
+    assert capsys.readouterr().err == "dss-keras: interrupted\n"
+
+
+def _tensorflow_loading(pid: int) -> bool:
+    with open(f"/proc/{pid}/maps", encoding="utf-8") as maps:
+        return "libtensorflow" in maps.read()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads /proc/<pid>/maps")
+@pytest.mark.parametrize("moment", ["cli imported", "tensorflow loading", "1.5 s later",
+                                    "4 s later"])
+def test_13_ctrl_c_at_any_moment_of_a_subprocess_is_one_line(tmp_path, moment):
+    """SIGINT once the command runs: as its imports finish, within TensorFlow's, and after."""
+    env = dict(os.environ, PYTHONPATH=REPO)
+    env.pop("DSS_KERAS_TRACEBACK", None)
+    process = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", "dss_keras.cli", "train", "--data",
+         "word_problems:64", *TINY_FLAGS, "--run-dir", str(tmp_path / "run")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        if moment == "cli imported":  # `-X importtime` names each module as it is imported
+            for line in process.stderr:
+                if line.rstrip().endswith("| dss_keras.config"):
+                    break
+        else:
+            deadline = time.monotonic() + 120
+            while not _tensorflow_loading(process.pid):
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.002)
+            time.sleep({"tensorflow loading": 0.0, "1.5 s later": 1.5, "4 s later": 4.0}[moment])
+        process.send_signal(signal.SIGINT)
+        err = process.stderr.read()
+        assert process.wait(timeout=120) == 130, err
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+        process.stderr.close()
+    lines = [line for line in err.splitlines() if not line.startswith("import time:")]
+    assert lines == ["dss-keras: interrupted"], err[-3000:]

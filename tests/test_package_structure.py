@@ -18,7 +18,7 @@ LAYERS = {
     "config": 0, "files": 0, "quiet": 0, "optimizers": 0, "decoding": 0, "metrics": 0,
     "tf_fast_path": 0,
     # 1: records and what turns them into tensors; training state on disk.
-    "data": 1, "vocabulary": 1, "preprocessor": 1, "backup": 1, "strategies": 1,
+    "data": 1, "vocabulary": 1, "preprocessor": 1, "backup": 1, "run_lock": 1, "strategies": 1,
     # 2: the model and what wraps or serves it; the teacher.
     "backbones": 2, "model": 2, "evaluation": 2, "export": 2, "run_dir": 2, "teacher": 2,
     "hf_t5": 2,  # transformers T5 checkpoints in (for backbones) and out (beside export)

@@ -20,7 +20,9 @@ def test_train_writes_the_run_directory_and_resumes(tmp_path):
     result = train(config, Splits(records[:16], records[16:20], records[20:]), verbose=0)
     files = set(os.listdir(config.run_dir))
     assert {"config.json", "metrics.json", "model.keras", "vocabulary.spm", "logs"} <= files
-    assert "backup" not in files  # removed once training finished
+    assert "train.lock" not in files  # released once training finished
+    # One backup generation is kept: a damaged model.keras is rebuilt from it.
+    assert os.listdir(tmp_path / "run" / "backup") == ["epoch-000002"]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["steps_trained"] == 4
     assert metrics["data"]["num_examples"] == 16
