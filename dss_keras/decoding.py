@@ -11,9 +11,14 @@ TensorFlow op with a CPU kernel: there is no `Xla*` op (KerasHub's own cached
 decoding writes its cache with `XlaDynamicUpdateSlice`) and nothing is
 compiled with XLA, so the graph runs in TF Serving and with XLA off.
 
+`Decoder.sequence_log_probabilities` scores given targets instead of
+generating: every candidate of every row in one teacher-forced pass (the
+closed label set of `dss_keras.label_scorer`). T5 runs its encoder once per
+row and lets all of a row's candidates attend to it.
+
 The decoder calls the model's own Keras sublayers (projections, norms,
 embeddings), so dtype policies, quantized and LoRA layers behave as in the
-model; only the attention over the cache is written here. T5 gets a cached
+model; only the attention is written here. T5 gets a cached
 decoder; any other `Seq2SeqLM` (BART included, for now) falls back to
 recomputing the whole decoder at every step (slow, same tokens).
 """
@@ -161,6 +166,61 @@ class Decoder:
         )
         return preprocessor.decode(ids)
 
+    @tf.autograph.experimental.do_not_convert
+    def sequence_log_probabilities(
+        self, encoder_token_ids, encoder_padding_mask, target_ids, target_mask, *,
+        decoder_start_ids: Sequence[int],
+    ) -> tf.Tensor:
+        """The log-probability of each given target, for several targets per row, in one pass.
+
+        Teacher forcing: the decoder reads each target shifted right (after
+        the start ids) and every position's next-token distribution is read
+        at once; no token is generated.
+
+        Args:
+            encoder_token_ids: int `[batch, input_length]`.
+            encoder_padding_mask: int/bool `[batch, input_length]`.
+            target_ids: int `[batch, candidates, length]`: each candidate's
+                target tokens, end token included, padded after it.
+            target_mask: `[batch, candidates, length]`, 1 on target tokens
+                and 0 on padding (a row of zeros: no candidate).
+            decoder_start_ids: The ids the decoder starts from (T5: `[0]`).
+
+        Returns:
+            float32 `[batch, candidates]`: `sum_t log p(target_t | input,
+            target_<t)` over each candidate's tokens (0 for an all-padding one).
+
+        Examples:
+
+        >>> from dss_keras import testing
+        >>> lm = testing.tiny_seq2seq_lm()
+        >>> scores = decoder_for(lm).sequence_log_probabilities(
+        ...     [[5, 6, 1]], [[1, 1, 1]], [[[7, 1], [8, 1]]], [[[1, 1], [1, 1]]],
+        ...     decoder_start_ids=[0])
+        >>> scores.shape, bool(tf.reduce_all(scores < 0))
+        (TensorShape([1, 2]), True)
+        """
+        token_ids = tf.cast(encoder_token_ids, tf.int32)
+        padding_mask = tf.cast(encoder_padding_mask, tf.int32)
+        target_ids = tf.cast(target_ids, tf.int32)
+        target_mask = tf.cast(target_mask, tf.float32)
+        start_ids = _settings(decoder_start_ids, 0, 0, 1)["decoder_start_ids"]
+        shape = tf.shape(target_ids)
+        starts = tf.fill([shape[0], shape[1], len(start_ids)], 0) + tf.constant(start_ids)
+        decoder_ids = tf.concat([starts, target_ids[:, :, :-1]], axis=2)
+
+        def score():
+            logits = self.candidate_logits(token_ids, padding_mask, decoder_ids)
+            logits = tf.cast(logits[:, :, len(start_ids) - 1 :, :], tf.float32)
+            chosen = tf.gather(logits, target_ids, batch_dims=3)
+            log_probs = chosen - tf.reduce_logsumexp(logits, axis=-1)
+            return tf.reduce_sum(log_probs * target_mask, axis=-1)
+
+        # An empty batch or candidate list skips the model, as `greedy` does.
+        return tf.cond(
+            tf.reduce_prod(shape[:2]) > 0, score, lambda: tf.zeros(shape[:2], tf.float32)
+        )
+
     def _greedy(
         self,
         token_ids,
@@ -239,6 +299,10 @@ class Decoder:
         """Feeds `token_ids` `[batch]` at `position`; returns `[batch, vocab]` logits, cache."""
         raise NotImplementedError
 
+    def candidate_logits(self, token_ids, padding_mask, decoder_ids):
+        """Decoder inputs `[batch, candidates, length]` -> logits `[batch, candidates, length, vocab]`."""
+        raise NotImplementedError
+
 
 class RecomputingDecoder(Decoder):
     """Any `Seq2SeqLM`: reruns the model on the whole prefix at every step."""
@@ -266,6 +330,20 @@ class RecomputingDecoder(Decoder):
         )
         return logits[:, -1, :], decoded
 
+    def candidate_logits(self, token_ids, padding_mask, decoder_ids):
+        shape = tf.shape(decoder_ids)
+        flat = tf.reshape(decoder_ids, [-1, shape[2]])
+        logits = self.seq2seq_lm(
+            {
+                "encoder_token_ids": tf.repeat(token_ids, shape[1], axis=0),
+                "encoder_padding_mask": tf.repeat(padding_mask, shape[1], axis=0),
+                "decoder_token_ids": flat,
+                "decoder_padding_mask": tf.ones_like(flat),
+            },
+            training=False,
+        )
+        return tf.reshape(logits, tf.concat([shape, tf.shape(logits)[-1:]], axis=0))
+
 
 class T5Decoder(Decoder):
     """T5 (v1.0 and v1.1) with key/value caches and a precomputed position bias.
@@ -282,13 +360,16 @@ class T5Decoder(Decoder):
         attention = self.layers[0].self_attention
         self.num_heads = attention.num_heads
         self.head_dim = attention.key_value_dim
+        # The residual stream, norms and attention compute in the layer norms' dtype; a
+        # projection may compute in a lower one (`dss_keras.export_precision`).
+        self.dtype = tf.as_dtype(self.backbone.decoder_layer_norm.compute_dtype)
 
     def start(self, token_ids, padding_mask, num_positions):
-        memory = self.seq2seq_lm.call_encoder(token_ids, padding_mask)
+        memory = self._run(lambda t: self.seq2seq_lm.call_encoder(t, padding_mask), token_ids)
         cross = [
             (
-                self._heads(layer.cross_attention.key_projector(memory)),
-                self._heads(layer.cross_attention.value_projector(memory)),
+                self._heads(self._run(layer.cross_attention.key_projector, memory)),
+                self._heads(self._run(layer.cross_attention.value_projector, memory)),
             )
             for layer in self.layers
         ]
@@ -312,31 +393,78 @@ class T5Decoder(Decoder):
         # projection is a plain 2-D matmul.
         cross, cross_bias, self_bias = state
         self_bias = self_bias[:, :, position : position + 1, : position + 1]
-        x = self.backbone.token_embedding(token_ids)
+        run = self._run
+        x = run(self.backbone.token_embedding, token_ids)
         new_cache = []
         for layer, (keys, values), (cross_keys, cross_values) in zip(self.layers, cache, cross):
             attention = layer.self_attention
-            h = layer.self_attention_layer_norm(x)
-            keys = tf.concat([keys, self._one_position(attention.key_projector(h))], axis=2)
-            values = tf.concat([values, self._one_position(attention.value_projector(h))], axis=2)
+            h = run(layer.self_attention_layer_norm, x)
+            keys = tf.concat([keys, self._one_position(run(attention.key_projector, h))], axis=2)
+            values = tf.concat([values, self._one_position(run(attention.value_projector, h))],
+                               axis=2)
             new_cache.append((keys, values))
-            query = self._one_position(attention.query_projector(h))
-            x = x + attention.output_projector(_attend(query, keys, values, self_bias))
+            query = self._one_position(run(attention.query_projector, h))
+            x = x + run(attention.output_projector, _attend(query, keys, values, self_bias))
 
             attention = layer.cross_attention
-            h = layer.cross_attention_layer_norm(x)
-            query = self._one_position(attention.query_projector(h))
-            x = x + attention.output_projector(_attend(query, cross_keys, cross_values, cross_bias))
+            h = run(layer.cross_attention_layer_norm, x)
+            query = self._one_position(run(attention.query_projector, h))
+            x = x + run(attention.output_projector,
+                        _attend(query, cross_keys, cross_values, cross_bias))
+            x = x + run(lambda y: _feed_forward(layer, y), x)
+        return self._logits(x), new_cache
 
-            h = layer.layer_norm(x)
-            hidden = layer.input_projector(h)
-            if layer.use_gated_activation:
-                hidden = hidden * layer.gate_projector(h)
-            x = x + layer.output_projector(hidden)
-        x = self.backbone.decoder_layer_norm(x)
+    def candidate_logits(self, token_ids, padding_mask, decoder_ids):
+        # Every row's candidates share its encoder output: a candidate's
+        # self-attention sees its own tokens (causally), while the
+        # cross-attention of all candidates of a row is one product with the
+        # row's keys. Activations are `[rows * candidates * length, hidden]`.
+        shape = tf.shape(decoder_ids)
+        batch, candidates, length = shape[0], shape[1], shape[2]
+        cross, cross_bias, self_bias = self.start(token_ids, padding_mask, length)
+        causal = tf.linalg.band_part(tf.ones([length, length], self_bias.dtype), -1, 0)
+        self_bias = (self_bias + (1.0 - causal) * -1e9)[:, None]  # [1, 1, heads, q, k]
+        per_candidate = [batch, candidates, length, self.num_heads, self.head_dim]
+        per_row = [batch, candidates * length, self.num_heads, self.head_dim]
+
+        def heads(x, shape, order):
+            return tf.transpose(tf.reshape(x, shape), order)
+
+        def merged(x, order):
+            return tf.reshape(tf.transpose(x, order), [-1, self.num_heads * self.head_dim])
+
+        run = self._run
+        x = run(self.backbone.token_embedding, tf.reshape(decoder_ids, [-1]))
+        for layer, (cross_keys, cross_values) in zip(self.layers, cross):
+            attention = layer.self_attention
+            h = run(layer.self_attention_layer_norm, x)
+            query, keys, values = (
+                heads(run(projector, h), per_candidate, [0, 1, 3, 2, 4])
+                for projector in (attention.query_projector, attention.key_projector,
+                                  attention.value_projector)
+            )
+            attended = _weighted_values(query, keys, values, self_bias)
+            x = x + run(attention.output_projector, merged(attended, [0, 1, 3, 2, 4]))
+
+            attention = layer.cross_attention
+            h = run(layer.cross_attention_layer_norm, x)
+            query = heads(run(attention.query_projector, h), per_row, [0, 2, 1, 3])
+            attended = _weighted_values(query, cross_keys, cross_values, cross_bias)
+            x = x + run(attention.output_projector, merged(attended, [0, 2, 1, 3]))
+            x = x + run(lambda y: _feed_forward(layer, y), x)
+        logits = self._logits(x)
+        return tf.reshape(logits, [batch, candidates, length, -1])
+
+    def _logits(self, x):
+        """The decoder's last hidden states `[rows, hidden]` -> logits `[rows, vocab]`."""
+        x = self._run(self.backbone.decoder_layer_norm, x)
         if self.backbone.tie_embedding_weights:
             x = x * tf.cast(self.backbone.hidden_dim**-0.5, x.dtype)
-        return self.backbone.token_embedding(x, reverse=True), new_cache
+        return self.backbone.token_embedding(x, reverse=True)
+
+    def _run(self, layer, x):
+        """`layer(x)` in the residual stream's dtype."""
+        return tf.cast(layer(x), self.dtype)
 
     def _heads(self, x):
         """`[batch, length, heads * dim]` -> `[batch, heads, length, dim]`."""
@@ -348,11 +476,24 @@ class T5Decoder(Decoder):
         return tf.reshape(x, [-1, self.num_heads, 1, self.head_dim])
 
 
+def _feed_forward(layer, x):
+    """A T5 layer's feed-forward block on `x` (the residual is the caller's)."""
+    h = layer.layer_norm(x)
+    hidden = layer.input_projector(h)
+    if layer.use_gated_activation:
+        hidden = hidden * layer.gate_projector(h)
+    return layer.output_projector(hidden)
+
+
+def _weighted_values(query, keys, values, bias):
+    """`softmax(query . keys + bias) . values` over the last two axes (T5: no scaling)."""
+    scores = tf.matmul(query, keys, transpose_b=True) + bias
+    return tf.matmul(tf.nn.softmax(scores, axis=-1), values)
+
+
 def _attend(query, keys, values, bias):
     """One query per row over cached keys: `[batch, heads, 1, dim]` -> `[batch, heads * dim]`."""
-    scores = tf.matmul(query, keys, transpose_b=True) + bias
-    weights = tf.nn.softmax(scores, axis=-1)
-    output = tf.matmul(weights, values)
+    output = _weighted_values(query, keys, values, bias)
     return tf.reshape(output, [-1, query.shape[1] * query.shape[3]])
 
 
