@@ -9,7 +9,17 @@ are laid out as TF Serving expects: `saved_models/<name>/<version>/`.
 Signatures:
 
 - `serving_default`: `text` (string `[None]`) -> `label` (string `[None]`);
-- `explain`: `text` -> `rationale`.
+- `explain`: `text` -> `rationale`;
+- `choose_label`, when the export is given a closed label set
+  (`dss_keras.label_scorer`): `text` -> `label`, `probabilities` (float32
+  `[None, candidates]`) and `candidates` (string `[None, candidates]`), every
+  candidate scored in one decoder pass.
+
+Every signature refuses text that is not valid UTF-8 (an `InvalidArgumentError`
+that names the rows; TF Serving answers it with status 400), as `dss-keras
+predict` does; the test is Python's (`bytes.decode("utf-8")`). The weights are exported at a chosen precision
+(`dss_keras.export_precision`: float32, bfloat16 or int8), recorded with the
+signatures in `assets.extra/dss_keras.json`.
 
 Usage (the model is a trained `DistillStepByStep`):
 
@@ -29,10 +39,19 @@ from typing import Iterable
 import tensorflow as tf
 
 from dss_keras import decoding
+from dss_keras.export_precision import (forward_only_int8, precision_of, weight_bytes,
+                                        with_precision)
 from dss_keras.files import remove_abandoned_staging, staging_dir, write_json
+from dss_keras import label_scorer
+from dss_keras.label_scorer import LabelSet
 from dss_keras.tf_fast_path.lean_t5 import keras_hub_t5_layers
 
 SIGNATURES = {"serving_default": "label", "explain": "rationale"}
+"""The signatures of every export and their string output."""
+CHOOSE_LABEL = "choose_label"
+"""The closed-set signature, in exports given a label set."""
+CHOOSE_LABEL_OUTPUTS = {"label": "string [None]", "probabilities": "float32 [None, None]",
+                        "candidates": "string [None, None]"}
 METADATA_PATH = os.path.join("assets.extra", "dss_keras.json")
 # Attributes that make TensorFlow compile a function or a cluster with XLA.
 XLA_ATTRIBUTES = ("_XlaMustCompile", "_XlaCompile", "_XlaScope")
@@ -73,9 +92,11 @@ class ServingModule(tf.Module):
         stop_at_end_token: `False` decodes the full `max_*_length` for every
             batch even once every row has ended (same outputs, fixed cost: for
             benchmarks).
+        label_set: A `LabelSet` adds the `choose_label` signature.
     """
 
-    def __init__(self, seq2seq_lm, preprocessor, *, stop_at_end_token: bool = True):
+    def __init__(self, seq2seq_lm, preprocessor, *, stop_at_end_token: bool = True,
+                 label_set: LabelSet | None = None):
         super().__init__(name="dss_keras_serving")
         proto = getattr(preprocessor.tokenizer, "proto", None)
         if not isinstance(proto, bytes):
@@ -93,18 +114,33 @@ class ServingModule(tf.Module):
             decoder=decoding.decoder_for(seq2seq_lm),
             preprocessor=preprocessor.with_tokenizer(self.tokenizer),
             stop_at_end_token=bool(stop_at_end_token),
+            label_set=label_set,
         )
+        if label_set is not None:
+            self.choose_label = tf.function(
+                self._choose_label,
+                input_signature=[tf.TensorSpec([None], tf.string, name="text")],
+            )
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def serving_default(self, text):
-        return {"label": self.generate(text, "label")}
+        return {"label": self.generate(valid_utf8(text), "label")}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def explain(self, text):
-        return {"rationale": self.generate(text, "rationale")}
+        return {"rationale": self.generate(valid_utf8(text), "rationale")}
+
+    def _choose_label(self, text):
+        settings = self._settings
+        return label_scorer.choose_label(
+            settings.decoder, settings.preprocessor, valid_utf8(text), settings.label_set,
+            lambda texts: self.generate(texts, "label"))
 
     def signatures(self) -> dict:
-        return {"serving_default": self.serving_default, "explain": self.explain}
+        signatures = {"serving_default": self.serving_default, "explain": self.explain}
+        if self._settings.label_set is not None:
+            signatures[CHOOSE_LABEL] = self.choose_label
+        return signatures
 
     @property
     def preprocessor(self):
@@ -118,6 +154,34 @@ class ServingModule(tf.Module):
                                               settings.stop_at_end_token)
 
 
+def valid_utf8(text) -> tf.Tensor:
+    """`text`, once every string is known to be valid UTF-8; else `InvalidArgumentError`.
+
+    A string is valid when transcoding it from UTF-8 to UTF-8 changes nothing
+    (TensorFlow replaces each invalid sequence as Python's `"replace"` does,
+    so this accepts exactly what `bytes.decode("utf-8")` accepts). The error
+    names the rows, counted from 0.
+
+    Examples:
+
+    >>> valid_utf8(tf.constant(["Zoë", ""])).numpy().tolist()
+    [b'Zo\\xc3\\xab', b'']
+    >>> valid_utf8(tf.constant([b"ok", b"caf\\xe9"]))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    tensorflow.python.framework.errors_impl.InvalidArgumentError: ...not valid UTF-8...
+    """
+    repaired = tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace",
+                                            replacement_char=0xFFFD)
+    rows = tf.where(tf.not_equal(repaired, text))[:, 0]
+    check = tf.debugging.Assert(
+        tf.equal(tf.size(rows), 0),
+        ["The text is not valid UTF-8 (decode it as UTF-8 before sending). Received: rows=",
+         rows], summarize=20)
+    with tf.control_dependencies([check]):
+        return tf.identity(text)
+
+
 def export_for_serving(
     model,
     export_dir: str | os.PathLike | None = None,
@@ -125,6 +189,8 @@ def export_for_serving(
     *,
     name: str | None = None,
     stop_at_end_token: bool = True,
+    precision: str = "float32",
+    label_set: LabelSet | str | None = None,
 ) -> str:
     """Writes `model` as a SavedModel for TF Serving and returns its version directory.
 
@@ -147,14 +213,19 @@ def export_for_serving(
             defaults to the model's `name`.
         stop_at_end_token: `False` always decodes the maximum lengths (same
             outputs, fixed cost; for benchmarks).
+        precision: `"float32"`, `"bfloat16"` or `"int8"`: the weights and
+            compute of the graph (`dss_keras.export_precision`).
+        label_set: A `LabelSet`, or its spec (`"choices"`, `"yes,no"`): adds
+            the `choose_label` signature (`dss_keras.label_scorer`).
 
     Returns:
         The path of the new version directory.
 
     Raises:
         FileExistsError: when `<export_dir>/<version>` exists.
-        ValueError: for a version that is not a positive integer, or a model
-            without a SentencePiece tokenizer.
+        ValueError: for a version that is not a positive integer, an unknown
+            precision or label set, or a model without a SentencePiece
+            tokenizer.
 
     Examples:
 
@@ -169,18 +240,22 @@ def export_for_serving(
     version = next_version(export_dir) if version is None else _check_version(version)
     target = os.path.join(export_dir, str(version))
     _refuse_existing(target, version)
+    if isinstance(label_set, str):
+        label_set = LabelSet.parse(label_set)
+    seq2seq_lm = with_precision(model.seq2seq_lm, precision)
     module = ServingModule(
-        model.seq2seq_lm, model.preprocessor, stop_at_end_token=stop_at_end_token
+        seq2seq_lm, model.preprocessor, stop_at_end_token=stop_at_end_token, label_set=label_set
     )
     remove_abandoned_staging(export_dir)
     staging = staging_dir(export_dir, str(version))
     try:
-        # Traced through KerasHub's own T5 layers: the same values, and no custom gradient
-        # for TensorFlow to warn about when the SavedModel is loaded.
-        with keras_hub_t5_layers(model.seq2seq_lm.backbone):
+        # Traced through KerasHub's own T5 layers and a forward-only int8 call: the same
+        # values, and no custom gradient for TensorFlow to warn about when loading.
+        backbone = seq2seq_lm.backbone
+        with keras_hub_t5_layers(backbone), forward_only_int8(backbone):
             tf.saved_model.save(module, staging, signatures=module.signatures())
         verify_saved_model(staging)
-        _write_metadata(staging, model, version, stop_at_end_token)
+        _write_metadata(staging, model, seq2seq_lm, version, stop_at_end_token, label_set)
         _make_world_readable(staging)
         _refuse_existing(target, version)
         os.rename(staging, target)
@@ -228,7 +303,8 @@ def load_and_predict(
         saved_model_dir: A version directory, or a base directory (its highest
             version is used).
         texts: The raw inputs (no task prefix).
-        signature: `"serving_default"` for labels, `"explain"` for rationales.
+        signature: `"serving_default"` for labels, `"explain"` for rationales,
+            `"choose_label"` for the closed label set's choice.
         batch_size: How many texts go through the graph at once.
 
     Returns:
@@ -248,7 +324,7 @@ def load_and_predict(
     outputs: list[str] = []
     for start in range(0, len(texts), batch_size):
         result = function(text=tf.constant(texts[start : start + batch_size], tf.string))
-        (values,) = result.values()
+        (values,) = [result["label"]] if "label" in result else result.values()
         outputs += [value.decode("utf-8") for value in values.numpy()]
     return outputs
 
@@ -346,24 +422,32 @@ def _model_name(model) -> str:
     return str(getattr(model, "name", None) or "dss_model")
 
 
-def _write_metadata(path: str, model, version: int, stop_at_end_token: bool) -> None:
+def _write_metadata(path: str, model, seq2seq_lm, version: int, stop_at_end_token: bool,
+                    label_set: LabelSet | None) -> None:
     """A small JSON beside the graph (TF Serving ignores `assets.extra` content)."""
     import dss_keras
 
     pre = model.preprocessor
+    signatures = {name: {"outputs": {output: "string [None]"}}
+                  for name, output in SIGNATURES.items()}
+    if label_set is not None:
+        signatures[CHOOSE_LABEL] = {"outputs": CHOOSE_LABEL_OUTPUTS}
+    for signature in signatures.values():
+        signature["inputs"] = {"text": "string [None]"}
     metadata = {
         "dss_keras_version": dss_keras.__version__,
         "version": version,
-        "signatures": {
-            name: {"inputs": {"text": "string [None]"}, "outputs": {output: "string [None]"}}
-            for name, output in SIGNATURES.items()
-        },
+        "signatures": signatures,
+        "precision": precision_of(seq2seq_lm),
+        "weight_bytes": weight_bytes(seq2seq_lm),
+        "label_set": None if label_set is None else label_set.spec,
+        "invalid_utf8": "refused",
         "label_prefix": pre.label_prefix,
         "rationale_prefix": pre.rationale_prefix,
         "max_input_length": pre.max_input_length,
         "max_label_length": pre.max_label_length,
         "max_rationale_length": pre.max_rationale_length,
-        "decoder": type(decoding.decoder_for(model.seq2seq_lm)).__name__,
+        "decoder": type(decoding.decoder_for(seq2seq_lm)).__name__,
         "stop_at_end_token": stop_at_end_token,
     }
     os.makedirs(os.path.join(path, "assets.extra"), exist_ok=True)
