@@ -21,7 +21,7 @@ LAYERS = {
     "data": 1, "vocabulary": 1, "preprocessor": 1, "backup": 1, "strategies": 1,
     # 2: the model and what wraps or serves it; the teacher.
     "backbones": 2, "model": 2, "evaluation": 2, "export": 2, "run_dir": 2, "teacher": 2,
-    "export_precision": 2, "label_scorer": 2,
+    "export_precision": 2, "label_scorer": 2, "serving_module": 2,
     # 3: the one path from a config to a trained run; fixtures for examples and tests.
     "training": 3, "testing": 3,
     # 4: what runs many trainings: benchmark experiments, the quickstart, the tuner.
