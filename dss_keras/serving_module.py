@@ -78,10 +78,14 @@ class ServingModule(tf.Module):
         self.tokenizer = GraphSentencePiece(proto)
         # The graph reads the Keras model's own variables; tracking them here
         # saves them, and nothing else of Keras, into the SavedModel.
-        self.model_variables = [_tf_variable(v) for v in seq2seq_lm.variables]
+        decoder = decoding.decoder_for(seq2seq_lm, frozen=True)
+        # Kernels the decoder keeps in another layout are saved in that one only.
+        replaced = {id(v) for v in decoder.replaced_variables}
+        self.model_variables = [variable for variable in map(_tf_variable, seq2seq_lm.variables)
+                                if id(variable) not in replaced] + list(decoder.variables)
         # Plain Python objects: not trackable, so not saved.
         self._settings = _Settings(
-            decoder=decoding.decoder_for(seq2seq_lm),
+            decoder=decoder,
             preprocessor=preprocessor.with_tokenizer(self.tokenizer),
             stop_at_end_token=bool(stop_at_end_token),
             label_set=label_set,

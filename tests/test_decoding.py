@@ -273,3 +273,26 @@ def test_sequence_log_probabilities_of_nothing(lm, pre):
         tf.zeros([0, 3], tf.int32), tf.zeros([0, 3], tf.int32), tf.zeros([0, 2, 2], tf.int32),
         tf.zeros([0, 2, 2], tf.int32), decoder_start_ids=pre.decoder_start_ids)
     assert scores.shape == (0, 2)
+
+
+def test_a_frozen_bfloat16_decoder_keeps_its_kernels_transposed(pre, inputs):
+    from dss_keras.export_precision import with_precision
+
+    half = with_precision(testing.tiny_seq2seq_lm(num_layers=2), "bfloat16")
+    plain, frozen = decoding.decoder_for(half), decoding.decoder_for(half, frozen=True)
+    assert plain.variables == [] and len(frozen.variables) == len(frozen.replaced_variables)
+    # Every decoder projection (2 layers x 11) and the output projection.
+    assert len(frozen.variables) == 23
+    args = (inputs["encoder_token_ids"], inputs["encoder_padding_mask"])
+    tokens = [decoder.greedy(*args, **settings(pre, 8)).numpy() for decoder in (plain, frozen)]
+    assert (tokens[0] == tokens[1]).mean() > 0.9  # bfloat16 products summed in another order
+    targets = tf.constant([[[5, 6, 1]]] * args[0].shape[0])
+    scores = [decoder.sequence_log_probabilities(*args, targets, tf.ones_like(targets),
+                                                 decoder_start_ids=[0]).numpy()
+              for decoder in (plain, frozen)]
+    np.testing.assert_allclose(scores[1], scores[0], rtol=0.05)
+
+
+def test_a_frozen_float32_decoder_reads_the_models_own_kernels(lm):
+    frozen = decoding.decoder_for(lm, frozen=True)
+    assert frozen is not decoding.decoder_for(lm) and frozen.variables == []

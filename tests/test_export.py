@@ -42,6 +42,7 @@ KNOWN_OPS = {
     "BatchMatMulV3", "DivNoNan", "Exp", "IsFinite", "LessEqual", "MatrixBandPart", "Max",
     "Maximum", "PadV2", "Round", "Size", "StopGradient", "UnicodeTranscode",
     "BroadcastTo", "DenseBincount", "StaticRegexReplace", "StringSplitV2", "UnsortedSegmentSum",
+    "GatherNd", "ScatterNd",
 }  # fmt: skip
 
 # Runs in a fresh interpreter that imports only tensorflow and tensorflow_text,
@@ -379,7 +380,8 @@ LOAD_QUIETLY = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("precision", ["float32", pytest.param("bfloat16", marks=pytest.mark.slow),
+                                       pytest.param("int8", marks=pytest.mark.slow)])
 def test_export_of_a_lean_model_holds_no_custom_gradient_and_loads_silently(tmp_path, precision):
     """`DistillStepByStep` trains T5 through layers with custom gradients; serving has none.
 
@@ -392,7 +394,7 @@ def test_export_of_a_lean_model_holds_no_custom_gradient_and_loads_silently(tmp_
     model = testing.tiny_model()
     texts = [record.input for record in testing.toy_records(6, seed=3)]
     lm = with_precision(model.seq2seq_lm, precision)
-    expected = [label.decode() for label in decoding.decoder_for(lm).generate_text(
+    expected = [label.decode() for label in decoding.decoder_for(lm, frozen=True).generate_text(
         model.preprocessor, texts, "label").numpy()]
     path = export.export_for_serving(model, tmp_path / "toy", precision=precision,
                                      label_set="yes,no")
@@ -417,6 +419,7 @@ def test_export_of_a_lean_model_holds_no_custom_gradient_and_loads_silently(tmp_
     assert during.strip() == "" and run.stdout == ""
 
 
+@pytest.mark.slow
 def test_reduced_precision_files_are_smaller(model, exported, tmp_path):
     def variables_bytes(path):
         folder = os.path.join(path, "variables")

@@ -93,20 +93,33 @@ def greedy_decode(
     )
 
 
-def decoder_for(seq2seq_lm) -> "Decoder":
+def decoder_for(seq2seq_lm, *, frozen: bool = False) -> "Decoder":
     """The decoder of a `Seq2SeqLM`: cached for T5, else recomputing.
 
-    The decoder holds no weights of its own; it calls the model's layers, so it
-    always decodes with the model's current weights.
+    The decoder calls the model's layers, so it always decodes with the
+    model's current weights, unless `frozen`: then a T5 decoder may keep
+    bfloat16 kernels in a faster layout of its own (`T5Decoder`), for a model
+    whose weights no longer change (an export's). A frozen decoder is new on
+    every call, never cached.
+
+    Examples:
+
+    >>> from dss_keras import testing
+    >>> lm = testing.tiny_seq2seq_lm()
+    >>> type(decoder_for(lm)).__name__, decoder_for(lm) is decoder_for(lm)
+    ('T5Decoder', True)
+    >>> decoder_for(lm, frozen=True) is decoder_for(lm)
+    False
     """
-    decoder = _DECODERS.get(seq2seq_lm)
+    decoder = None if frozen else _DECODERS.get(seq2seq_lm)
     if decoder is None:
         backbone = getattr(seq2seq_lm, "backbone", None)
         if isinstance(backbone, keras_hub.models.T5Backbone) and has_plain_output_projection(backbone):
-            decoder = T5Decoder(seq2seq_lm)
+            decoder = T5Decoder(seq2seq_lm, transpose_bfloat16_kernels=frozen)
         else:
             decoder = RecomputingDecoder(seq2seq_lm)
-        _DECODERS[seq2seq_lm] = decoder
+        if not frozen:
+            _DECODERS[seq2seq_lm] = decoder
     return decoder
 
 

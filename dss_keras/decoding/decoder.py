@@ -25,6 +25,9 @@ class Decoder:
     def __init__(self, seq2seq_lm):
         # A weak reference: decoders are cached per model and must not keep it alive.
         self._seq2seq_lm = weakref.ref(seq2seq_lm)
+        # Weights the decoder holds in its own layout, and the model's it reads instead.
+        self.variables: list = []
+        self.replaced_variables: list = []
 
     @property
     def seq2seq_lm(self):
@@ -120,11 +123,16 @@ class Decoder:
         decoder_ids = tf.concat([starts, target_ids[:, :, :-1]], axis=2)
 
         def score():
-            logits = self.candidate_logits(token_ids, padding_mask, decoder_ids)
-            logits = tf.cast(logits[:, :, len(start_ids) - 1 :, :], tf.float32)
-            chosen = tf.gather(logits, target_ids, batch_dims=3)
+            # Logits only where a target token is (not on padding): the output
+            # projection over the vocabulary is the largest product here.
+            where = tf.where(target_mask > 0)  # [tokens, 3]: row, candidate, position
+            positions = where + tf.constant([0, 0, len(start_ids) - 1], tf.int64)
+            logits = self.candidate_logits(token_ids, padding_mask, decoder_ids, positions)
+            logits = tf.cast(logits, tf.float32)
+            chosen = tf.gather(logits, tf.gather_nd(target_ids, where), batch_dims=1)
             log_probs = chosen - tf.reduce_logsumexp(logits, axis=-1)
-            return tf.reduce_sum(log_probs * target_mask, axis=-1)
+            grid = tf.scatter_nd(where, log_probs, tf.shape(target_ids, out_type=tf.int64))
+            return tf.reduce_sum(grid, axis=-1)
 
         # An empty batch or candidate list skips the model, as `greedy` does.
         return tf.cond(
@@ -209,8 +217,12 @@ class Decoder:
         """Feeds `token_ids` `[batch]` at `position`; returns `[batch, vocab]` logits, cache."""
         raise NotImplementedError
 
-    def candidate_logits(self, token_ids, padding_mask, decoder_ids):
-        """Decoder inputs `[batch, candidates, length]` -> logits `[batch, candidates, length, vocab]`."""
+    def candidate_logits(self, token_ids, padding_mask, decoder_ids, positions):
+        """Decoder inputs `[batch, candidates, length]` -> logits `[tokens, vocab]` at `positions`.
+
+        `positions` is int64 `[tokens, 3]`: (row, candidate, position) of
+        each wanted next-token distribution.
+        """
         raise NotImplementedError
 
 
@@ -240,7 +252,7 @@ class RecomputingDecoder(Decoder):
         )
         return logits[:, -1, :], decoded
 
-    def candidate_logits(self, token_ids, padding_mask, decoder_ids):
+    def candidate_logits(self, token_ids, padding_mask, decoder_ids, positions):
         shape = tf.shape(decoder_ids)
         flat = tf.reshape(decoder_ids, [-1, shape[2]])
         logits = self.seq2seq_lm(
@@ -252,7 +264,8 @@ class RecomputingDecoder(Decoder):
             },
             training=False,
         )
-        return tf.reshape(logits, tf.concat([shape, tf.shape(logits)[-1:]], axis=0))
+        logits = tf.reshape(logits, tf.concat([shape, tf.shape(logits)[-1:]], axis=0))
+        return tf.gather_nd(logits, positions)
 
 
 def checked_settings(decoder_start_ids, end_token_id, pad_token_id, max_length) -> dict:
