@@ -49,6 +49,7 @@ from typing import Sequence  # noqa: E402
 from dss_keras.config import (  # noqa: E402
     DEFAULT_ALPHAS,
     DEFAULT_TRAIN_FRACTIONS,
+    EXPORT_PRECISIONS,
     MODES,
     SEARCHES,
     TUNED_FIELDS,
@@ -110,7 +111,11 @@ def _evaluate(args) -> int:
 
 
 def _utf8_texts(args) -> list[str]:
-    """The texts to predict, from the arguments or standard input; they must be UTF-8."""
+    """The texts to predict, from the arguments or standard input; they must be UTF-8.
+
+    Text that is not UTF-8 is refused, not repaired: the exported SavedModel
+    decides the same way (`dss_keras.export.valid_utf8`).
+    """
     if args.texts:
         texts = list(args.texts)
         for number, text in enumerate(texts, start=1):
@@ -156,15 +161,36 @@ def _export(args) -> int:
 
         if args.version is not None:
             args.parser.error("--version numbers SavedModels; --format hf writes <base>/hf")
+        if args.precision != "float32" or args.label_set is not None:
+            args.parser.error("--precision and --label-set shape a SavedModel; --format hf "
+                              "writes the float32 weights as they are")
         path = export_for_transformers(_load_model(args.run_dir), args.export_dir,
                                        name=args.name)
     else:
         from dss_keras.export import export_for_serving
 
+        label_set = _export_label_set(args)
         path = export_for_serving(_load_model(args.run_dir), args.export_dir, args.version,
-                                  name=args.name)
+                                  name=args.name, precision=args.precision,
+                                  label_set=label_set)
     print(f"Exported {path}")
     return 0
+
+
+def _export_label_set(args):
+    """`--label-set`, else the label set of the run's data (CQA's choices, NLI's labels)."""
+    from dss_keras.label_scorer import LabelSet, label_set_for_data
+
+    if args.label_set == "none":
+        return None
+    if args.label_set is not None:
+        try:
+            return LabelSet.parse(args.label_set)
+        except ValueError as error:
+            args.parser.error(str(error))
+    folder = os.path.dirname(args.run_dir) if args.run_dir.endswith(".keras") else args.run_dir
+    config = os.path.join(folder, "config.json")
+    return label_set_for_data(TrainConfig.load(config).data) if os.path.exists(config) else None
 
 
 # --- extract (the teacher) -----------------------------------------------------
@@ -337,6 +363,14 @@ def _add_model_commands(commands) -> None:
     export.add_argument("--export-dir", help="the model's base directory (instead of --name)")
     export.add_argument("--version", type=int,
                         help="SavedModel version number (default: the next one)")
+    export.add_argument("--precision", choices=EXPORT_PRECISIONS, default="float32",
+                        help="weights and compute of the graph: bfloat16 halves the bytes each "
+                        "token reads; int8 quarters the file (default: float32)")
+    export.add_argument("--label-set",
+                        help="a closed label set adds the one-pass `choose_label` signature: "
+                        "labels separated by commas, `choices` for multiple-choice inputs' "
+                        "`(a) ...` lines, or `none` (default: the run's benchmark's: CQA's "
+                        "choices, NLI's three labels)")
     export.set_defaults(run=_export, parser=export)
 
 

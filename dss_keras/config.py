@@ -48,6 +48,9 @@ DATASETS = BENCHMARKS + ("word_problems",)
 """Named datasets `TrainConfig.data` accepts (`tfds:<benchmark>` too)."""
 
 DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16", "bfloat16")
+
+EXPORT_PRECISIONS = ("float32", "bfloat16", "int8")
+"""Weights and compute of an exported SavedModel (see `dss_keras.export_precision`)."""
 JIT_COMPILE = ("auto", "true", "false")
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")

@@ -9,7 +9,19 @@ are laid out as TF Serving expects: `saved_models/<name>/<version>/`.
 Signatures:
 
 - `serving_default`: `text` (string `[None]`) -> `label` (string `[None]`);
-- `explain`: `text` -> `rationale`.
+- `explain`: `text` -> `rationale`;
+- `choose_label`, when the export is given a closed label set
+  (`dss_keras.label_scorer`): `text` -> `label`, `probabilities` (float32
+  `[None, candidates]`) and `candidates` (string `[None, candidates]`), every
+  candidate scored in one decoder pass.
+
+Every signature refuses text that is not valid UTF-8 (an `InvalidArgumentError`
+that names the rows; TF Serving answers it with status 400), as `dss-keras
+predict` does; the test is Python's (`bytes.decode("utf-8")`). The weights are
+exported at a chosen precision (`dss_keras.export_precision`: float32,
+bfloat16 or int8), recorded with the signatures in
+`assets.extra/dss_keras.json`. The traced object is
+`dss_keras.serving_module.ServingModule`.
 
 Usage (the model is a trained `DistillStepByStep`):
 
@@ -29,93 +41,20 @@ from typing import Iterable
 import tensorflow as tf
 
 from dss_keras import decoding
+from dss_keras.export_precision import (forward_only_int8, precision_of, weight_bytes,
+                                        with_precision)
 from dss_keras.files import remove_abandoned_staging, staging_dir, write_json
+from dss_keras.label_scorer import LabelSet
+from dss_keras.serving_module import (CHOOSE_LABEL, CHOOSE_LABEL_OUTPUTS, SIGNATURES,
+                                      GraphSentencePiece, ServingModule, valid_utf8)
 from dss_keras.tf_fast_path.lean_t5 import keras_hub_t5_layers
 
-SIGNATURES = {"serving_default": "label", "explain": "rationale"}
+__all__ = ["GraphSentencePiece", "ServingModule", "export_for_serving", "load_and_predict",
+           "next_version", "resolve_version", "valid_utf8", "verify_saved_model", "versions"]
+
 METADATA_PATH = os.path.join("assets.extra", "dss_keras.json")
 # Attributes that make TensorFlow compile a function or a cluster with XLA.
 XLA_ATTRIBUTES = ("_XlaMustCompile", "_XlaCompile", "_XlaScope")
-
-
-class GraphSentencePiece(tf.Module):
-    """A SentencePiece tokenizer made of TensorFlow Text ops only, saved in the graph.
-
-    It has the interface `MultiTaskPreprocessor` uses (`tokenize`,
-    `detokenize`, `vocabulary_size`), so the serving graph runs the model's
-    own preprocessor with it.
-    """
-
-    def __init__(self, proto: bytes):
-        super().__init__(name="sentencepiece")
-        import tensorflow_text as tf_text
-
-        self.model = tf_text.SentencepieceTokenizer(model=proto, out_type=tf.int32)
-        self._size = int(self.model.vocab_size())
-
-    def tokenize(self, text):
-        return self.model.tokenize(text)
-
-    def detokenize(self, token_ids):
-        return self.model.detokenize(token_ids)
-
-    def vocabulary_size(self) -> int:
-        return self._size
-
-
-class ServingModule(tf.Module):
-    """The exported object: a tokenizer, the model's variables and two signatures.
-
-    Args:
-        seq2seq_lm: A KerasHub `Seq2SeqLM` with a SentencePiece tokenizer (T5).
-        preprocessor: The `MultiTaskPreprocessor` the model was trained with;
-            the graph runs its `encode_inputs` and `decode`.
-        stop_at_end_token: `False` decodes the full `max_*_length` for every
-            batch even once every row has ended (same outputs, fixed cost: for
-            benchmarks).
-    """
-
-    def __init__(self, seq2seq_lm, preprocessor, *, stop_at_end_token: bool = True):
-        super().__init__(name="dss_keras_serving")
-        proto = getattr(preprocessor.tokenizer, "proto", None)
-        if not isinstance(proto, bytes):
-            raise ValueError(
-                "Export needs a SentencePiece tokenizer (e.g. T5's), whose model "
-                "goes into the graph. Received: "
-                f"tokenizer={type(preprocessor.tokenizer).__name__}"
-            )
-        self.tokenizer = GraphSentencePiece(proto)
-        # The graph reads the Keras model's own variables; tracking them here
-        # saves them, and nothing else of Keras, into the SavedModel.
-        self.model_variables = [_tf_variable(v) for v in seq2seq_lm.variables]
-        # Plain Python objects: not trackable, so not saved.
-        self._settings = _Settings(
-            decoder=decoding.decoder_for(seq2seq_lm),
-            preprocessor=preprocessor.with_tokenizer(self.tokenizer),
-            stop_at_end_token=bool(stop_at_end_token),
-        )
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
-    def serving_default(self, text):
-        return {"label": self.generate(text, "label")}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
-    def explain(self, text):
-        return {"rationale": self.generate(text, "rationale")}
-
-    def signatures(self) -> dict:
-        return {"serving_default": self.serving_default, "explain": self.explain}
-
-    @property
-    def preprocessor(self):
-        """The model's preprocessor on the graph's own tokenizer."""
-        return self._settings.preprocessor
-
-    def generate(self, text, task: str) -> tf.Tensor:
-        """Strings `[batch]` -> generated strings `[batch]` for one task."""
-        settings = self._settings
-        return settings.decoder.generate_text(settings.preprocessor, text, task,
-                                              settings.stop_at_end_token)
 
 
 def export_for_serving(
@@ -125,6 +64,8 @@ def export_for_serving(
     *,
     name: str | None = None,
     stop_at_end_token: bool = True,
+    precision: str = "float32",
+    label_set: LabelSet | str | None = None,
 ) -> str:
     """Writes `model` as a SavedModel for TF Serving and returns its version directory.
 
@@ -147,14 +88,19 @@ def export_for_serving(
             defaults to the model's `name`.
         stop_at_end_token: `False` always decodes the maximum lengths (same
             outputs, fixed cost; for benchmarks).
+        precision: `"float32"`, `"bfloat16"` or `"int8"`: the weights and
+            compute of the graph (`dss_keras.export_precision`).
+        label_set: A `LabelSet`, or its spec (`"choices"`, `"yes,no"`): adds
+            the `choose_label` signature (`dss_keras.label_scorer`).
 
     Returns:
         The path of the new version directory.
 
     Raises:
         FileExistsError: when `<export_dir>/<version>` exists.
-        ValueError: for a version that is not a positive integer, or a model
-            without a SentencePiece tokenizer.
+        ValueError: for a version that is not a positive integer, an unknown
+            precision or label set, or a model without a SentencePiece
+            tokenizer.
 
     Examples:
 
@@ -169,18 +115,22 @@ def export_for_serving(
     version = next_version(export_dir) if version is None else _check_version(version)
     target = os.path.join(export_dir, str(version))
     _refuse_existing(target, version)
+    if isinstance(label_set, str):
+        label_set = LabelSet.parse(label_set)
+    seq2seq_lm = with_precision(model.seq2seq_lm, precision)
     module = ServingModule(
-        model.seq2seq_lm, model.preprocessor, stop_at_end_token=stop_at_end_token
+        seq2seq_lm, model.preprocessor, stop_at_end_token=stop_at_end_token, label_set=label_set
     )
     remove_abandoned_staging(export_dir)
     staging = staging_dir(export_dir, str(version))
     try:
-        # Traced through KerasHub's own T5 layers: the same values, and no custom gradient
-        # for TensorFlow to warn about when the SavedModel is loaded.
-        with keras_hub_t5_layers(model.seq2seq_lm.backbone):
+        # Traced through KerasHub's own T5 layers and a forward-only int8 call: the same
+        # values, and no custom gradient for TensorFlow to warn about when loading.
+        backbone = seq2seq_lm.backbone
+        with keras_hub_t5_layers(backbone), forward_only_int8(backbone):
             tf.saved_model.save(module, staging, signatures=module.signatures())
         verify_saved_model(staging)
-        _write_metadata(staging, model, version, stop_at_end_token)
+        _write_metadata(staging, model, seq2seq_lm, version, stop_at_end_token, label_set)
         _make_world_readable(staging)
         _refuse_existing(target, version)
         os.rename(staging, target)
@@ -228,7 +178,8 @@ def load_and_predict(
         saved_model_dir: A version directory, or a base directory (its highest
             version is used).
         texts: The raw inputs (no task prefix).
-        signature: `"serving_default"` for labels, `"explain"` for rationales.
+        signature: `"serving_default"` for labels, `"explain"` for rationales,
+            `"choose_label"` for the closed label set's choice.
         batch_size: How many texts go through the graph at once.
 
     Returns:
@@ -248,7 +199,7 @@ def load_and_predict(
     outputs: list[str] = []
     for start in range(0, len(texts), batch_size):
         result = function(text=tf.constant(texts[start : start + batch_size], tf.string))
-        (values,) = result.values()
+        (values,) = [result["label"]] if "label" in result else result.values()
         outputs += [value.decode("utf-8") for value in values.numpy()]
     return outputs
 
@@ -306,24 +257,6 @@ def verify_saved_model(path: str | os.PathLike) -> set[str]:
 # --- helpers -------------------------------------------------------------------
 
 
-class _Settings:
-    """Holds Python objects on a `tf.Module` without making them trackable."""
-
-    def __init__(self, **values):
-        self.__dict__.update(values)
-
-
-def _tf_variable(variable) -> tf.Variable:
-    """The `tf.Variable` behind a Keras variable (TensorFlow backend)."""
-    value = getattr(variable, "value", variable)
-    if not isinstance(value, tf.Variable):
-        raise ValueError(
-            "Export needs the TensorFlow backend (KERAS_BACKEND=tensorflow). "
-            f"Received: variable {variable.path} of type {type(value).__name__}"
-        )
-    return value
-
-
 def _xla_attrs(attrs) -> list[str]:
     return [key for key in XLA_ATTRIBUTES if key in attrs and attrs[key].b]
 
@@ -346,24 +279,32 @@ def _model_name(model) -> str:
     return str(getattr(model, "name", None) or "dss_model")
 
 
-def _write_metadata(path: str, model, version: int, stop_at_end_token: bool) -> None:
+def _write_metadata(path: str, model, seq2seq_lm, version: int, stop_at_end_token: bool,
+                    label_set: LabelSet | None) -> None:
     """A small JSON beside the graph (TF Serving ignores `assets.extra` content)."""
     import dss_keras
 
     pre = model.preprocessor
+    signatures = {name: {"outputs": {output: "string [None]"}}
+                  for name, output in SIGNATURES.items()}
+    if label_set is not None:
+        signatures[CHOOSE_LABEL] = {"outputs": CHOOSE_LABEL_OUTPUTS}
+    for signature in signatures.values():
+        signature["inputs"] = {"text": "string [None]"}
     metadata = {
         "dss_keras_version": dss_keras.__version__,
         "version": version,
-        "signatures": {
-            name: {"inputs": {"text": "string [None]"}, "outputs": {output: "string [None]"}}
-            for name, output in SIGNATURES.items()
-        },
+        "signatures": signatures,
+        "precision": precision_of(seq2seq_lm),
+        "weight_bytes": weight_bytes(seq2seq_lm),
+        "label_set": None if label_set is None else label_set.spec,
+        "invalid_utf8": "refused",
         "label_prefix": pre.label_prefix,
         "rationale_prefix": pre.rationale_prefix,
         "max_input_length": pre.max_input_length,
         "max_label_length": pre.max_label_length,
         "max_rationale_length": pre.max_rationale_length,
-        "decoder": type(decoding.decoder_for(model.seq2seq_lm)).__name__,
+        "decoder": type(decoding.decoder_for(seq2seq_lm)).__name__,
         "stop_at_end_token": stop_at_end_token,
     }
     os.makedirs(os.path.join(path, "assets.extra"), exist_ok=True)

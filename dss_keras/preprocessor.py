@@ -220,6 +220,26 @@ class MultiTaskPreprocessor:
             "encoder_padding_mask": tf.ones_like(ids).to_tensor(0),
         }
 
+    def encode_targets(self, texts, task: str = "label") -> tuple[tf.Tensor, tf.Tensor]:
+        """A batch of target strings -> the tokens a decoder is scored on, and their mask.
+
+        The batched form of the targets `encode_target` trains on, without
+        the start ids: the text's tokens, truncated as in training, then the
+        end token; padded with the pad id. Closed-set scoring reads these
+        (`dss_keras.label_scorer`).
+
+        Returns:
+            int32 `target_ids` and `target_mask`, each `[batch, length]`.
+        """
+        texts = tf.convert_to_tensor(texts, tf.string)
+        tokens = self.tokenizer.tokenize(texts)
+        if not isinstance(tokens, (tf.Tensor, tf.RaggedTensor)):
+            tokens = tf.ragged.constant(tokens, dtype=tf.int32, ragged_rank=1)
+        budget = max(self.max_target_length(task) - len(self.decoder_start_ids), 0)
+        end = tf.fill([tf.shape(texts)[0], 1], tf.constant(self.end_token_id, tf.int32))
+        ids = tf.concat([tf.cast(tokens, tf.int32)[:, :budget], end], axis=1)
+        return ids.to_tensor(self.pad_token_id), tf.ones_like(ids).to_tensor(0)
+
     def decode(self, token_ids) -> tf.Tensor:
         """Generated ids -> strings, cut at the first end token, special ids dropped."""
         token_ids = tf.convert_to_tensor(token_ids, tf.int32)

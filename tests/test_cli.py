@@ -184,3 +184,38 @@ def test_quickstart_flags_are_train_flags_with_the_quickstart_defaults(capsys):
     assert "--learning-rate LEARNING_RATE AdamW learning rate" in help_text
     assert f"(default: {quickstart.get_config().learning_rate!r})" in help_text
     assert "--mode" not in help_text and "--train-file" not in help_text
+
+
+# --- export: precision and closed label set ------------------------------------------------
+
+
+def export_args(*flags):
+    return cli.build_parser().parse_args(["export", "runs/mine", *flags])
+
+
+def test_export_takes_a_precision_and_a_label_set():
+    args = export_args("--precision", "bfloat16", "--label-set", "yes, no")
+    assert args.precision == "bfloat16"
+    assert cli._export_label_set(args).labels == ("yes", "no")
+    assert export_args().precision == "float32"
+    assert cli._export_label_set(export_args("--label-set", "none")) is None
+
+
+def test_export_refuses_a_bad_precision_or_label_set(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        export_args("--precision", "int4")
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        cli._export_label_set(export_args("--label-set", "yes"))
+    assert exit_info.value.code == 2
+    assert "at least two distinct" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("data, expected", [("cqa", "choices"), ("esnli", "entailment,neutral,"
+                                            "contradiction"), ("word_problems", None)])
+def test_export_label_set_defaults_to_the_runs_benchmark(tmp_path, data, expected):
+    TrainConfig(data=data, data_dir="release" if data != "word_problems" else None
+                ).save(tmp_path / "config.json")
+    args = cli.build_parser().parse_args(["export", str(tmp_path)])
+    label_set = cli._export_label_set(args)
+    assert (label_set and label_set.spec) == expected

@@ -194,3 +194,106 @@ def test_rejects_bad_settings(lm, pre, inputs, overrides, message):
             inputs["encoder_padding_mask"],
             **{**settings(pre, 4), **overrides},
         )
+
+
+# --- teacher-forced scoring of given targets ------------------------------------
+
+
+def reference_log_probabilities(lm, token_ids, padding_mask, targets, start_ids):
+    """Each (row, target) pair through the whole model on its own, log-softmax read off."""
+    scores = []
+    for row, row_targets in enumerate(targets):
+        row_scores = []
+        for target in row_targets:
+            decoder_ids = list(start_ids) + list(target[:-1])
+            logits = lm(
+                {
+                    "encoder_token_ids": token_ids[row : row + 1],
+                    "encoder_padding_mask": padding_mask[row : row + 1],
+                    "decoder_token_ids": tf.constant([decoder_ids]),
+                    "decoder_padding_mask": tf.ones([1, len(decoder_ids)], tf.int32),
+                },
+                training=False,
+            )[0, len(start_ids) - 1 :]
+            log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1).numpy()
+            row_scores.append(sum(log_probs[t, token] for t, token in enumerate(target)))
+        scores.append(row_scores)
+    return np.array(scores)
+
+
+def padded_targets(targets):
+    length = max(len(t) for row in targets for t in row)
+    ids = [[list(t) + [0] * (length - len(t)) for t in row] for row in targets]
+    mask = [[[1] * len(t) + [0] * (length - len(t)) for t in row] for row in targets]
+    return tf.constant(ids), tf.constant(mask)
+
+
+# Three rows, three candidates each, of different lengths (the end token 1 last).
+TARGETS = [[[5, 1], [9, 12, 1], [30, 1]], [[7, 7, 7, 1], [1], [44, 3, 1]],
+           [[5, 1], [6, 1], [8, 9, 10, 11, 1]]]
+
+
+@pytest.mark.parametrize("decoder_class", [decoding.T5Decoder, decoding.RecomputingDecoder])
+def test_sequence_log_probabilities_equal_the_full_model(lm, pre, inputs, decoder_class):
+    token_ids = inputs["encoder_token_ids"][:3]
+    padding_mask = inputs["encoder_padding_mask"][:3]
+    ids, mask = padded_targets(TARGETS)
+    actual = decoder_class(lm).sequence_log_probabilities(
+        token_ids, padding_mask, ids, mask, decoder_start_ids=pre.decoder_start_ids)
+    expected = reference_log_probabilities(lm, token_ids, padding_mask, TARGETS,
+                                           pre.decoder_start_ids)
+    np.testing.assert_allclose(actual.numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_sequence_log_probabilities_with_several_start_ids(lm, inputs):
+    token_ids = inputs["encoder_token_ids"][:3]
+    padding_mask = inputs["encoder_padding_mask"][:3]
+    ids, mask = padded_targets(TARGETS)
+    actual = decoding.decoder_for(lm).sequence_log_probabilities(
+        token_ids, padding_mask, ids, mask, decoder_start_ids=[0, 7])
+    expected = reference_log_probabilities(lm, token_ids, padding_mask, TARGETS, [0, 7])
+    np.testing.assert_allclose(actual.numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_greedy_tokens_are_the_most_likely_single_token_target(lm, pre, inputs):
+    """Scoring agrees with generation: greedy's first token beats every other one-token target."""
+    token_ids = inputs["encoder_token_ids"][:4]
+    padding_mask = inputs["encoder_padding_mask"][:4]
+    first = decoding.greedy_decode(lm, token_ids, padding_mask, **settings(pre, 1))[:, 0]
+    vocabulary = lm.backbone.vocabulary_size
+    candidates = tf.range(vocabulary)[None, :, None] + tf.zeros([4, 1, 1], tf.int32)
+    scores = decoding.decoder_for(lm).sequence_log_probabilities(
+        token_ids, padding_mask, tf.concat([candidates, tf.ones_like(candidates)], axis=2),
+        tf.concat([tf.ones_like(candidates), tf.zeros_like(candidates)], axis=2),
+        decoder_start_ids=pre.decoder_start_ids)
+    np.testing.assert_array_equal(tf.argmax(scores, axis=1).numpy(), first.numpy())
+
+
+def test_sequence_log_probabilities_of_nothing(lm, pre):
+    scores = decoding.decoder_for(lm).sequence_log_probabilities(
+        tf.zeros([0, 3], tf.int32), tf.zeros([0, 3], tf.int32), tf.zeros([0, 2, 2], tf.int32),
+        tf.zeros([0, 2, 2], tf.int32), decoder_start_ids=pre.decoder_start_ids)
+    assert scores.shape == (0, 2)
+
+
+def test_a_frozen_bfloat16_decoder_keeps_its_kernels_transposed(pre, inputs):
+    from dss_keras.export_precision import with_precision
+
+    half = with_precision(testing.tiny_seq2seq_lm(num_layers=2), "bfloat16")
+    plain, frozen = decoding.decoder_for(half), decoding.decoder_for(half, frozen=True)
+    assert plain.variables == [] and len(frozen.variables) == len(frozen.replaced_variables)
+    # Every decoder projection (2 layers x 11) and the output projection.
+    assert len(frozen.variables) == 23
+    args = (inputs["encoder_token_ids"], inputs["encoder_padding_mask"])
+    tokens = [decoder.greedy(*args, **settings(pre, 8)).numpy() for decoder in (plain, frozen)]
+    assert (tokens[0] == tokens[1]).mean() > 0.9  # bfloat16 products summed in another order
+    targets = tf.constant([[[5, 6, 1]]] * args[0].shape[0])
+    scores = [decoder.sequence_log_probabilities(*args, targets, tf.ones_like(targets),
+                                                 decoder_start_ids=[0]).numpy()
+              for decoder in (plain, frozen)]
+    np.testing.assert_allclose(scores[1], scores[0], rtol=0.05)
+
+
+def test_a_frozen_float32_decoder_reads_the_models_own_kernels(lm):
+    frozen = decoding.decoder_for(lm, frozen=True)
+    assert frozen is not decoding.decoder_for(lm) and frozen.variables == []

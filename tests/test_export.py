@@ -7,10 +7,13 @@ import sys
 import textwrap
 import types
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
-from dss_keras import decoding, export, testing
+from dss_keras import decoding, export, label_scorer, testing
+from dss_keras.export_precision import with_precision
+from dss_keras.label_scorer import LabelSet
 from dss_keras.preprocessor import MultiTaskPreprocessor
 
 EDGE_TEXTS = [
@@ -34,6 +37,12 @@ KNOWN_OPS = {
     "StatefulPartitionedCall", "StatelessIf", "StatelessWhile", "StaticRegexFullMatch",
     "StridedSlice", "StringJoin", "StringStrip", "Sub", "Sum", "Tanh", "Tile", "Transpose",
     "VarHandleOp", "Where", "While", "ZerosLike",
+    # The closed-set scorer, the UTF-8 check and int8 (Keras' input quantizer, int8 x int8
+    # products): core TensorFlow ops with CPU kernels, in TF Serving 2.20's runtime.
+    "BatchMatMulV3", "DivNoNan", "Exp", "IsFinite", "LessEqual", "MatrixBandPart", "Max",
+    "Maximum", "PadV2", "Round", "Size", "StopGradient", "UnicodeTranscode",
+    "BroadcastTo", "DenseBincount", "StaticRegexReplace", "StringSplitV2", "UnsortedSegmentSum",
+    "GatherNd", "ScatterNd",
 }  # fmt: skip
 
 # Runs in a fresh interpreter that imports only tensorflow and tensorflow_text,
@@ -67,7 +76,8 @@ CLIENT = textwrap.dedent(
     results = {"calls": [], "rest": []}
     for call in job["calls"]:
         signature = loaded.signatures[call["signature"]]
-        (output,) = signature(text=tf.constant(call["texts"], tf.string)).values()
+        outputs = signature(text=tf.constant(call["texts"], tf.string))
+        (output,) = [outputs["label"]] if "label" in outputs else outputs.values()
         results["calls"].append([v.decode() for v in output.numpy()])
     results["rest"] = [rest(loaded, body) for body in job["rest"]]
     results["modules"] = sorted(
@@ -90,7 +100,15 @@ def model():
 @pytest.fixture(scope="module")
 def exported(model, tmp_path_factory):
     base = tmp_path_factory.mktemp("saved_models") / "toy"
-    return export.export_for_serving(model, base)
+    return export.export_for_serving(model, base, label_set="choices")
+
+
+# Multiple-choice inputs in CQA's layout, and one without choices.
+CHOICE_TEXTS = [
+    "Dee has 3 rocks. How many?\nAnswer Choices:\n(a) 3\n(b) 4 rocks\n(c) Gus",
+    "Ana has 2 cups.\nAnswer Choices:\n(a) 2\n(b) 5\n(c) 7\n(d) no cups\n(e) Dee",
+    "Nothing to choose from here.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +153,7 @@ def served(exported, texts, tmp_path_factory):
         {"signature": "serving_default", "texts": texts[:256]},
         {"signature": "explain", "texts": texts[:40] + EDGE_TEXTS},
         {"signature": "serving_default", "texts": EDGE_TEXTS},
+        {"signature": "choose_label", "texts": CHOICE_TEXTS + EDGE_TEXTS},
     ]
     job = {"path": str(exported), "calls": calls, "rest": rest_bodies(texts[:5])}
     (folder / "job.json").write_text(json.dumps(job))
@@ -155,6 +174,53 @@ def test_layout_and_metadata(exported):
     assert os.path.exists(os.path.join(exported, "saved_model.pb"))
     metadata = json.loads(open(os.path.join(exported, export.METADATA_PATH)).read())
     assert metadata["decoder"] == "T5Decoder" and metadata["max_label_length"] == 10
+    assert metadata["precision"] == "float32" and metadata["label_set"] == "choices"
+    assert metadata["invalid_utf8"] == "refused"
+    assert sorted(metadata["signatures"]) == ["choose_label", "explain", "serving_default"]
+
+
+def test_choose_label_is_the_python_side_choice(model, served):
+    decoder = decoding.decoder_for(model.seq2seq_lm)
+    pre = model.preprocessor
+    expected = label_scorer.choose_label(
+        decoder, pre, CHOICE_TEXTS + EDGE_TEXTS, LabelSet(choices=True),
+        lambda texts: decoder.generate_text(pre, texts, "label"))["label"]
+    labels = served["calls"][5]
+    assert labels == [label.decode() for label in expected.numpy()]
+    assert labels[0] in ("3", "4 rocks", "Gus") and labels[1] in ("2", "5", "7", "no cups", "Dee")
+    assert labels[2:] == python_side(model, CHOICE_TEXTS[2:] + EDGE_TEXTS)
+
+
+def test_choose_label_probabilities_and_candidates(exported):
+    loaded = tf.saved_model.load(exported)
+    chosen = loaded.signatures["choose_label"](text=tf.constant(CHOICE_TEXTS))
+    probabilities = chosen["probabilities"].numpy()
+    assert probabilities.shape == (3, 5)
+    np.testing.assert_allclose(probabilities[:2].sum(axis=1), 1.0, atol=1e-5)
+    assert (probabilities[0, 3:] == 0).all() and (probabilities[2] == 0).all()
+    candidates = chosen["candidates"].numpy()
+    assert candidates[0].tolist() == [b"3", b"4 rocks", b"Gus", b"", b""]
+    best = candidates[np.arange(2), probabilities[:2].argmax(axis=1)]
+    assert chosen["label"].numpy()[:2].tolist() == best.tolist()
+
+
+def test_text_that_is_not_utf8_is_refused_as_the_cli_refuses_it(exported, monkeypatch):
+    """The SavedModel and `dss-keras predict` decide alike: bytes that are not UTF-8 are refused."""
+    import argparse
+    import io
+
+    from dss_keras import cli
+
+    loaded = tf.saved_model.load(exported)
+    for name in ("serving_default", "explain", "choose_label"):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"not valid UTF-8.*\[1\]"):
+            loaded.signatures[name](text=tf.constant([b"ok", b"caf\xe9"]))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"ok\ncaf\xe9\n")))
+    with pytest.raises(ValueError, match="<stdin>:2: not valid UTF-8"):
+        cli._utf8_texts(argparse.Namespace(texts=[]))
+    # Valid UTF-8 that only looks odd is answered.
+    odd = ["\ufffd replacement", "\ufeffbyte order mark", "nul \x00 inside"]
+    assert len(loaded.signatures["serving_default"](text=tf.constant(odd))["label"]) == 3
 
 
 def test_runs_without_keras_hub_or_dss_keras(served):
@@ -314,16 +380,24 @@ LOAD_QUIETLY = textwrap.dedent(
 )
 
 
-def test_export_of_a_lean_model_holds_no_custom_gradient_and_loads_silently(tmp_path):
-    """`DistillStepByStep` trains T5 through layers with custom gradients; serving has none."""
+@pytest.mark.parametrize("precision", ["float32", pytest.param("bfloat16", marks=pytest.mark.slow),
+                                       pytest.param("int8", marks=pytest.mark.slow)])
+def test_export_of_a_lean_model_holds_no_custom_gradient_and_loads_silently(tmp_path, precision):
+    """`DistillStepByStep` trains T5 through layers with custom gradients; serving has none.
+
+    At every precision: Keras' int8 layers compute through a custom gradient too.
+    """
     from tensorflow.core.protobuf import saved_model_pb2
 
     from dss_keras.tf_fast_path.lean_t5 import T5LayerNormKeepingInput
 
     model = testing.tiny_model()
     texts = [record.input for record in testing.toy_records(6, seed=3)]
-    expected = model.predict_labels(texts)
-    path = export.export_for_serving(model, tmp_path / "toy")
+    lm = with_precision(model.seq2seq_lm, precision)
+    expected = [label.decode() for label in decoding.decoder_for(lm, frozen=True).generate_text(
+        model.preprocessor, texts, "label").numpy()]
+    path = export.export_for_serving(model, tmp_path / "toy", precision=precision,
+                                     label_set="yes,no")
     assert isinstance(model.seq2seq_lm.backbone.encoder_layer_norm, T5LayerNormKeepingInput)
     saved = saved_model_pb2.SavedModel()
     saved.ParseFromString((tmp_path / "toy" / "1" / "saved_model.pb").read_bytes())
@@ -331,6 +405,11 @@ def test_export_of_a_lean_model_holds_no_custom_gradient_and_loads_silently(tmp_
     nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
     assert not [n.name for n in nodes if "_gradient_op_type" in n.attr]
     assert export.load_and_predict(path, texts) == expected
+    assert set(export.load_and_predict(path, texts, "choose_label")) <= {"yes", "no"}
+    op_types = export.verify_saved_model(path)
+    assert op_types <= KNOWN_OPS, f"ops to check against TF Serving: {op_types - KNOWN_OPS}"
+    metadata = json.loads((tmp_path / "toy" / "1" / export.METADATA_PATH).read_text())
+    assert metadata["precision"] == precision and metadata["label_set"] == "yes,no"
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")}
     run = subprocess.run([sys.executable, "-c", LOAD_QUIETLY, path], capture_output=True,
@@ -338,3 +417,23 @@ def test_export_of_a_lean_model_holds_no_custom_gradient_and_loads_silently(tmp_
     assert run.returncode == 0, run.stderr[-3000:]
     during = run.stderr.split("LOADING\n", 1)[1].split("LOADED", 1)[0]
     assert during.strip() == "" and run.stdout == ""
+
+
+@pytest.mark.slow
+def test_reduced_precision_files_are_smaller(model, exported, tmp_path):
+    def variables_bytes(path):
+        folder = os.path.join(path, "variables")
+        return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
+
+    half = export.export_for_serving(model, tmp_path / "half", precision="bfloat16")
+    int8 = export.export_for_serving(model, tmp_path / "int8", precision="int8")
+    assert variables_bytes(half) < 0.6 * variables_bytes(exported)
+    assert variables_bytes(int8) < 0.4 * variables_bytes(exported)
+
+
+def test_rejects_an_unknown_precision_or_label_set(model, tmp_path):
+    with pytest.raises(ValueError, match="Received: precision='int4'"):
+        export.export_for_serving(model, tmp_path / "a", precision="int4")
+    with pytest.raises(ValueError, match="at least two distinct"):
+        export.export_for_serving(model, tmp_path / "b", label_set="yes")
+    assert export.versions(tmp_path / "a") == [] and export.versions(tmp_path / "b") == []

@@ -22,6 +22,7 @@ LAYERS = {
     # 2: the model and what wraps or serves it; the teacher.
     "backbones": 2, "model": 2, "evaluation": 2, "export": 2, "run_dir": 2, "teacher": 2,
     "hf_t5": 2,  # transformers T5 checkpoints in (for backbones) and out (beside export)
+    "export_precision": 2, "label_scorer": 2, "serving_module": 2,
     # 3: the one path from a config to a trained run; fixtures for examples and tests.
     "training": 3, "testing": 3,
     # 4: what runs many trainings: benchmark experiments, the quickstart, the tuner.
