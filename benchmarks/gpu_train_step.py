@@ -84,7 +84,7 @@ VOCABULARY = 32128  # t5-v1_1's embedding rows
 # ml-dtypes, packaging, regex, sentencepiece, pandas, pyarrow, accelerate, xxhash, fsspec,
 # requests, pyyaml, safetensors, hf-xet, tqdm and filelock; these it lacks (or has in
 # versions the authors' code cannot use: transformers 5, huggingface_hub 1.x, tokenizers 0.23).
-KERAS_WHEELS = ("keras", "keras-hub", "namex", "optree", "kagglehub")
+KERAS_WHEELS = ("keras", "keras-hub", "namex", "optree")  # KerasHub runs without kagglehub
 PEER_WHEELS = ("transformers==4.57.6", "huggingface_hub==0.36.2", "tokenizers==0.22.2",
                "datasets==5.0.1", "dill==0.4.1", "multiprocess==0.70.19",
                "fsspec==2026.6.0")
