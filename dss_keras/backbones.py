@@ -24,7 +24,6 @@ import numpy as np
 from keras.src.backend.common import global_state
 from keras.src.random import seed_generator
 from keras.src.utils import rng_utils
-from tensorflow.python.eager import context as tf_context
 
 from dss_keras.tf_fast_path.activations import gelu_tanh
 from dss_keras.vocabulary import train_sentencepiece
@@ -118,6 +117,10 @@ def _seed_keras(seed: int) -> None:
     np.random.seed(seed)
     global_state.set_global_attribute(rng_utils.GLOBAL_RANDOM_SEED, seed)
     global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    try:  # TensorFlow's global seed, for `tf.data` (where TensorFlow is installed)
+        from tensorflow.python.eager import context as tf_context
+    except ImportError:
+        return
     eager = tf_context.context()
     eager._seed, eager._rng = seed, random.Random(seed)
 

@@ -5,33 +5,37 @@ from __future__ import annotations
 from typing import Sequence
 
 import keras
-import tensorflow as tf
 
+from dss_keras import objective
 from dss_keras import optimizers as _optimizers  # noqa: F401  (registers them for loading)
 from dss_keras.config import TASKS, TrainConfig, tasks_of
-from dss_keras.decoding import decoder_for
+from dss_keras.generation import text_generator
 from dss_keras.metrics.token_mean import TokenMean
 from dss_keras.preprocessor import MultiTaskPreprocessor
-from dss_keras.tf_fast_path.lean_t5 import use_lean_t5_layers
-from dss_keras.tf_fast_path.packing import check_examples_per_row, check_length_multiple
-from dss_keras.tf_fast_path.seq2seq_parts import Seq2SeqParts
-from dss_keras.tf_fast_path.task_losses import packs_rows, task_token_losses
-from dss_keras.tf_fast_path.train_function import flat_train_function
+from dss_keras.tf_fast_path import activations as _activations  # noqa: F401  (registers gelu_tanh)
+from dss_keras.tf_fast_path.options import check_examples_per_row, check_length_multiple
+from dss_keras.tf_fast_path.saved_names import names_lean_layers
+
+ON_TENSORFLOW = keras.backend.backend() == "tensorflow"
+"""Whether this process trains with the TensorFlow fast path (Keras' backend is TensorFlow)."""
+
+if ON_TENSORFLOW:  # The fast path; other backends import no TensorFlow here.
+    import tensorflow as tf
+
+    from dss_keras.tf_fast_path import replicas
+    from dss_keras.tf_fast_path.lean_t5 import use_keras_hub_layer_classes, use_lean_t5_layers
+    from dss_keras.tf_fast_path.seq2seq_parts import Seq2SeqParts
+    from dss_keras.tf_fast_path.task_losses import packs_rows, task_token_losses
+    from dss_keras.tf_fast_path.train_function import flat_train_function
 
 
-def _all_reduce_sum(value):
-    """Sums `value` over the replicas of the current strategy (identity without one)."""
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return value
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+def _sum_over_replicas(value):
+    """`value` summed over the replicas of a `tf.distribute` strategy; itself elsewhere."""
+    return replicas.all_reduce_sum(value) if ON_TENSORFLOW else value
 
 
-def _across_workers() -> bool:
-    """Whether the current strategy spans several workers (Keras' own test of it)."""
-    strategy = tf.distribute.get_strategy()
-    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            and strategy.extended._in_multi_worker_mode())
+def _is_t5(seq2seq_lm) -> bool:
+    return type(getattr(seq2seq_lm, "backbone", None)).__name__ == "T5Backbone"
 
 
 @keras.saving.register_keras_serializable(package="dss_keras")
@@ -52,6 +56,14 @@ class DistillStepByStep(keras.Model):
     Batches come from `dss_keras.data.make_dataset`: `(x, y, sample_weight)`
     where each is a dict keyed by task (`"label"`, `"rationale"`), `x[task]`
     holding KerasHub's four `encoder_*`/`decoder_*` tensors.
+
+    The objective is written once, with `keras.ops`, in `compute_loss`
+    (`dss_keras.objective`): on JAX and PyTorch Keras' own `train_step` trains
+    it, under `keras.distribution` too. On TensorFlow the training step is the
+    fast path of `dss_keras.tf_fast_path`, whose loss and gradients are those
+    of `compute_loss` (`tests/tf_fast_path/test_fast_loss.py`); the options
+    below that say "T5 only" or "not under XLA" are its options, and other
+    backends keep them in the config but train the plain model.
 
     Args:
         seq2seq_lm: A `keras_hub.models.Seq2SeqLM` with a preprocessor (its
@@ -139,12 +151,10 @@ class DistillStepByStep(keras.Model):
         self.logits_at_targets_only = bool(logits_at_targets_only)
         self._shared_encoder_pass = (None if shared_encoder_pass is None
                                      else bool(shared_encoder_pass))
-        self.seq2seq_parts = Seq2SeqParts.of(seq2seq_lm)
-        if self.seq2seq_parts and self.seq2seq_parts.can_split_encoder:
-            use_lean_t5_layers(self.seq2seq_parts.backbone)  # same outputs, less kept
+        self.seq2seq_parts = Seq2SeqParts.of(seq2seq_lm) if ON_TENSORFLOW else None
+        self._use_lean_layers()
         self.rematerialize = bool(rematerialize)
-        if self.rematerialize and not (self.seq2seq_parts
-                                       and self.seq2seq_parts.can_split_encoder):
+        if self.rematerialize and not _is_t5(seq2seq_lm):
             raise ValueError("`rematerialize=True` needs a T5 model (keras_hub.models."
                              f"T5Seq2SeqLM). Received: {type(seq2seq_lm).__name__}")
         self.examples_per_row = check_examples_per_row(examples_per_row)
@@ -175,7 +185,7 @@ class DistillStepByStep(keras.Model):
     def shared_encoder_pass(self) -> bool:
         """Whether both tasks go through the encoder together (see the class docstring)."""
         if self._shared_encoder_pass is None:  # on exactly when rows are packed
-            return packs_rows(self)
+            return ON_TENSORFLOW and packs_rows(self)
         return self._shared_encoder_pass
 
     @property
@@ -191,55 +201,84 @@ class DistillStepByStep(keras.Model):
             return self.seq2seq_lm(inputs, training=training)
         return {task: self.seq2seq_lm(inputs[task], training=training) for task in inputs}
 
-    # --- losses ------------------------------------------------------------
+    # --- the objective, on every backend -------------------------------------
 
-    def compute_task_losses(self, x, y, sample_weight, training=False):
-        """The replica's share of the objective, and per-task statistics.
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The loss of a batch from the logits of each task (`dss_keras.objective`).
 
-        Each task's token sum is divided by the task's token count over the
-        *global* batch (all replicas), so that summing the replicas'
-        gradients, as `tf.distribute` does, gives the gradient of the global
-        token mean.
+        Keras' own `train_step` and `test_step` call it with `y_pred =
+        self(x)`; it updates the metrics too. Under `tf.distribute` it returns
+        the replica's share (the token counts are summed over the replicas).
+
+        Args:
+            x, y, sample_weight: A batch of `dss_keras.data.make_dataset`.
+            y_pred: `self(x)`, the logits of each task (computed when `None`).
+            training: Whether dropout is on (when `y_pred` is computed here).
 
         Returns:
-            `(loss, statistics)`: the replica's loss share, and for each task
-            `(token_loss_sum, token_count, correct_tokens, examples)` of this
-            replica.
+            The scalar loss.
         """
-        statistics, loss = {}, 0.0
-        token_losses = task_token_losses(self, x, y, sample_weight, training)
-        for task in self.tasks:
-            losses, correct, weights = token_losses[task]
-            weights = tf.cast(weights, "float32")
-            total, count = tf.reduce_sum(losses * weights), tf.reduce_sum(weights)
-            statistics[task] = (total, count, tf.reduce_sum(correct * weights),
-                                tf.shape(y[task])[0])
-            task_loss = tf.math.divide_no_nan(total, _all_reduce_sum(count))
-            weight = 1.0 if self.mode == "standard" else (
-                self.alpha if task == "label" else 1.0 - self.alpha
-            )
-            loss += weight * task_loss
-        return loss, statistics
+        if y_pred is None:
+            y_pred = self(x, training=training)
+        statistics = {
+            task: objective.task_statistics(*objective.token_losses(y_pred[task], y[task]),
+                                            sample_weight[task])
+            for task in self.tasks
+        }
+        loss = objective.total_loss(statistics, self.mode, self.alpha, _sum_over_replicas)
+        self._update_metrics(loss, statistics)
+        return loss
 
     def _update_metrics(self, loss, statistics):
         # Like Keras, `loss` is averaged over batches weighted by their size. The
         # weight must come from the data: a constant increment has no data
         # dependency, so TF may run it before the iterator reports its end, and
         # the last (empty) call of an epoch would count one batch too many.
-        examples = _all_reduce_sum(tf.cast(statistics["label"][3], "float32"))
-        self.loss_tracker.update_state(_all_reduce_sum(loss) * examples, examples)
+        examples = _sum_over_replicas(keras.ops.cast(statistics["label"][3], "float32"))
+        self.loss_tracker.update_state(_sum_over_replicas(loss) * examples, examples)
         for task, (total, count, _, _) in statistics.items():
             self.task_loss_trackers[task].update_state(total, count)
         _, label_count, label_correct, _ = statistics["label"]
         self.label_accuracy_tracker.update_state(label_correct, label_count)
+
+    # --- the TensorFlow fast path ---------------------------------------------
+
+    def _use_lean_layers(self):
+        """A T5's lean layers (`dss_keras.tf_fast_path.lean_t5`): same outputs, less kept."""
+        if self.seq2seq_parts and self.seq2seq_parts.can_split_encoder:
+            use_lean_t5_layers(self.seq2seq_parts.backbone)
+
+    def compute_task_losses(self, x, y, sample_weight, training=False):
+        """The fast path's loss (TensorFlow only): `compute_loss`'s value, with less work.
+
+        Each task's token losses come from `dss_keras.tf_fast_path.task_losses`
+        (packed rows, targets gathered, ...) and are reduced by
+        `dss_keras.objective` as in `compute_loss`; the metrics are left alone.
+
+        Returns:
+            `(loss, statistics)`: the replica's loss share, and for each task
+            `(token_loss_sum, token_count, correct_tokens, examples)` of this
+            replica.
+        """
+        self._use_lean_layers()  # again, if a save gave the layers KerasHub's classes
+        token_losses = task_token_losses(self, x, y, sample_weight, training)
+        statistics = {task: objective.task_statistics(*token_losses[task],
+                                                      examples=tf.shape(y[task])[0])
+                      for task in self.tasks}
+        loss = objective.total_loss(statistics, self.mode, self.alpha, _sum_over_replicas)
+        return loss, statistics
+
+    def _metric_results(self) -> dict:
         results = {m.name: m.result() for m in self.metrics}
-        if _across_workers():
+        if replicas.across_workers():
             # Keras averages a multi-worker step's outputs with `strategy.reduce(MEAN,
             # axis=0)`, which needs an axis: one-element vectors come back as scalars.
             results = {name: tf.reshape(value, [1]) for name, value in results.items()}
         return results
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if not ON_TENSORFLOW:
+            return super()._maybe_symbolic_build(iterator, data_batch)
         # Keras builds a model created under a strategy from a peeked batch, which it
         # reduces with `strategy.reduce`: that fails for nested batches under a
         # MultiWorkerMirroredStrategy. The weights and metrics here exist from the start;
@@ -248,47 +287,52 @@ class DistillStepByStep(keras.Model):
             with self.distribute_strategy.scope():
                 self.optimizer.build(self.trainable_variables)
 
-    def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    def train_step(self, *args):
+        if not ON_TENSORFLOW:  # Keras' own step: `compute_loss`, then the optimizer
+            return super().train_step(*args)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(*args)
         with tf.GradientTape() as tape:
             loss, statistics = self.compute_task_losses(x, y, sample_weight, training=True)
             scaled_loss = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables
         gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
-        return self._update_metrics(loss, statistics)
+        self._update_metrics(loss, statistics)
+        return self._metric_results()
 
     def make_train_function(self, force=False):
         if self.train_function is not None and not force:
             return self.train_function
-        if self.run_eagerly or self.jit_compile or self.steps_per_execution != 1:
+        if (not ON_TENSORFLOW or self.run_eagerly or self.jit_compile
+                or self.steps_per_execution != 1):
             return super().make_train_function(force=force)
         self.train_function = flat_train_function(self)
         return self.train_function
 
-    def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    def test_step(self, *args):
+        if not ON_TENSORFLOW:
+            return super().test_step(*args)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(*args)
         loss, statistics = self.compute_task_losses(x, y, sample_weight, training=False)
-        return self._update_metrics(loss, statistics)
+        self._update_metrics(loss, statistics)
+        return self._metric_results()
 
     # --- generation ----------------------------------------------------------
 
     def _generate_function(self, task: str):
         if task not in self._generate_functions:
-            pre = self.preprocessor
-            decoder = decoder_for(self.seq2seq_lm)
-
-            @tf.function(reduce_retracing=True)
-            def generate(texts):
-                return decoder.generate_text(pre, texts, task)
-
-            self._generate_functions[task] = generate
+            self._generate_functions[task] = text_generator(self, task)
         return self._generate_functions[task]
 
     def generate_text(
         self, texts: Sequence[str], task: str = "label", batch_size: int = 64
     ) -> list[str]:
-        """Greedy generation for raw inputs (the task prefix is added here)."""
+        """Greedy generation for raw inputs (the task prefix is added here).
+
+        On TensorFlow it runs `dss_keras.decoding` (the exported SavedModel's
+        decoding); on other backends KerasHub's own cached `generate_step`
+        with a greedy sampler. Both tokenize with `preprocessor`.
+        """
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a whole number, at least 1. "
@@ -296,8 +340,7 @@ class DistillStepByStep(keras.Model):
         generate = self._generate_function(task)
         outputs = []
         for start in range(0, len(texts), batch_size):
-            chunk = tf.constant(texts[start : start + batch_size], tf.string)
-            outputs += [s.decode("utf-8") for s in generate(chunk).numpy()]
+            outputs += generate(texts[start : start + batch_size])
         return outputs
 
     def predict_labels(self, texts: Sequence[str], batch_size: int = 64) -> list[str]:
@@ -309,6 +352,31 @@ class DistillStepByStep(keras.Model):
         return self.generate_text(texts, "rationale", batch_size)
 
     # --- serialization ---------------------------------------------------------
+
+    # Keras names a functional model's layers in a saved file after their class, and calls
+    # these two before it walks the layers (`dss_keras.tf_fast_path.saved_names`).
+
+    def save_own_variables(self, store):
+        """Before the layers are written: KerasHub's T5 classes, as on every backend."""
+        if self.seq2seq_parts and self.seq2seq_parts.can_split_encoder:
+            use_keras_hub_layer_classes(self.seq2seq_parts.backbone)
+        super().save_own_variables(store)
+
+    def load_own_variables(self, store):
+        """Before the layers are read: the classes that the file names them by."""
+        lean = names_lean_layers(store)
+        if self.seq2seq_parts and self.seq2seq_parts.can_split_encoder:
+            if lean:
+                use_lean_t5_layers(self.seq2seq_parts.backbone)
+            else:
+                use_keras_hub_layer_classes(self.seq2seq_parts.backbone)
+        elif lean:
+            raise ValueError(
+                "This file was written by dss-keras 0.1 on TensorFlow, which named T5's "
+                "layers after classes of TensorFlow's fast path. Load it on TensorFlow and "
+                "save it again (`model.save(path)`) to use it on this backend. Received: "
+                f"backend={keras.backend.backend()!r}")
+        super().load_own_variables(store)
 
     def get_config(self) -> dict:
         config = super().get_config()

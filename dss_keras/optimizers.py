@@ -12,12 +12,24 @@ builds it from a `TrainConfig`; this module holds the two pieces Keras lacks:
   the gradient of the global batch under a `tf.distribute` strategy (Keras
   clips each replica's share before summing them), and which updates each
   weight and its two moments in one fused kernel, the clipping included.
+
+On JAX and PyTorch, `AdamW` is Keras' AdamW (no fused kernel; under
+`keras.distribution` the gradients are the global batch's already, so Keras'
+own `global_clipnorm` clips the right norm), and `LinearDecay` is written in
+`keras.ops`: the same optimizer on every backend, and a `.keras` file saved on
+one loads on another. Only TensorFlow's code imports TensorFlow.
 """
 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
+
+ON_TENSORFLOW = keras.backend.backend() == "tensorflow"
+"""Whether `AdamW` updates through TensorFlow's fused kernel (Keras' backend is TensorFlow)."""
+
+if ON_TENSORFLOW:
+    import tensorflow as tf
 
 
 @keras.saving.register_keras_serializable(package="dss_keras")
@@ -58,9 +70,9 @@ class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.gradient_accumulation_steps = int(gradient_accumulation_steps)
 
     def __call__(self, step):
-        step = tf.cast(step, "int64") // self.gradient_accumulation_steps
-        fraction = tf.cast(step, "float32") / float(self.decay_steps)
-        return self.initial_learning_rate * tf.maximum(0.0, 1.0 - fraction)
+        step = ops.floor_divide(ops.cast(step, "int32"), self.gradient_accumulation_steps)
+        fraction = ops.cast(step, "float32") / float(self.decay_steps)
+        return self.initial_learning_rate * ops.maximum(0.0, 1.0 - fraction)
 
     def get_config(self) -> dict:
         return {
@@ -141,29 +153,32 @@ class AdamW(keras.optimizers.AdamW):
         if self.built:
             return
         super().build(var_list)
+        if not ON_TENSORFLOW:  # Keras' AdamW
+            return
         # The scales of the stored moments (see the class docstring); float64, so that
         # the square of a tiny clipping factor does not round to 0.
         self._moment_scales = self.add_variable((2,), "zeros", dtype="float64",
                                                 name="moment_scales")
 
     def apply(self, grads, trainable_variables=None):
-        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
-                 for g in grads]
+        if ON_TENSORFLOW:
+            grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+                     for g in grads]
         return super().apply(grads, trainable_variables)
 
-    def first_moment(self, variable) -> tf.Tensor:
+    def first_moment(self, variable):
         """Adam's first moment of `variable` (its stored moment times its scale)."""
         index = self._get_variable_index(variable)
         return self._momentums[index] * self._stored_scale(variable, 0)
 
-    def second_moment(self, variable) -> tf.Tensor:
+    def second_moment(self, variable):
         """Adam's second moment of `variable` (its stored moment times its scale)."""
         index = self._get_variable_index(variable)
         return self._velocities[index] * self._stored_scale(variable, 1)
 
     def _stored_scale(self, variable, which: int):
         if not self._fuses(variable):
-            return tf.constant(1.0, variable.dtype)
+            return ops.ones((), variable.dtype)
         return tf.cast(self._moment_scales[which], variable.dtype)
 
     def _apply_weight_decay(self, variables):
@@ -172,8 +187,8 @@ class AdamW(keras.optimizers.AdamW):
 
     def _fuses(self, variable) -> bool:
         """Whether the fused kernel updates `variable` (and decays it) itself."""
-        return not (self.amsgrad or tf.distribute.has_strategy()
-                    or not hasattr(variable, "handle"))
+        return ON_TENSORFLOW and not (self.amsgrad or tf.distribute.has_strategy()
+                                      or not hasattr(variable, "handle"))
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         clip_factor, self._pending_clip_factor = self._pending_clip_factor, None
@@ -257,6 +272,8 @@ class AdamW(keras.optimizers.AdamW):
         )
 
     def _clip_gradients(self, grads):
+        if not ON_TENSORFLOW:
+            return super()._clip_gradients(grads)
         context = tf.distribute.get_replica_context()
         replicas = context.num_replicas_in_sync if context is not None else 1
         if not (self.global_clipnorm and self.global_clipnorm > 0):

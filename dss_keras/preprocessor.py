@@ -8,16 +8,23 @@ fixed length: sequences keep their own length so that batches are padded only
 as far as they need (see `dss_keras.data.pipeline`). Padding masks come from
 lengths, never from comparing ids with the pad id (T5's decoder start *is* the
 pad id).
+
+Tokenizing runs in TensorFlow (KerasHub's tokenizers and `tf.data` are
+TensorFlow's), whatever Keras' backend; the module imports TensorFlow only when
+it tokenizes, so that a model can be built and trained on pre-tokenized batches
+where TensorFlow is not installed.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import keras
-import tensorflow as tf
 
 from dss_keras.config import TASKS, TrainConfig
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 @keras.saving.register_keras_serializable(package="dss_keras")
@@ -137,10 +144,14 @@ class MultiTaskPreprocessor:
     # --- single examples (tf.data) -------------------------------------------
 
     def _tokens(self, text):
+        import tensorflow as tf
+
         return tf.cast(self.tokenizer(text), tf.int32)
 
     def encode_input(self, text, task: str) -> tf.Tensor:
         """One input string -> encoder ids `[start..., prefix + text..., end]`."""
+        import tensorflow as tf
+
         budget = self.max_input_length - len(self.encoder_start_ids) - 1
         tokens = self._tokens(tf.strings.join([self.prefix(task), text]))[:budget]
         return tf.concat(
@@ -158,6 +169,8 @@ class MultiTaskPreprocessor:
         The target ends with the end token and has at most
         `max_target_length(task)` tokens.
         """
+        import tensorflow as tf
+
         # The target is the full sequence shifted by one: it holds all start ids
         # but the first, the tokens and the end token.
         budget = self.max_target_length(task) - len(self.decoder_start_ids)
@@ -173,6 +186,8 @@ class MultiTaskPreprocessor:
 
     def pack_task(self, input_text, target_text, task: str, weight=1.0) -> dict:
         """One example of one task, as unpadded 1-D tensors."""
+        import tensorflow as tf
+
         encoder_ids = self.encode_input(input_text, task)
         decoder_ids, target_ids = self.encode_target(target_text, task)
         return {
@@ -202,6 +217,8 @@ class MultiTaskPreprocessor:
         The batched form of `encode_input`: prefix, tokenize, truncate, add
         the start and end ids. Generation and the exported serving graph use it.
         """
+        import tensorflow as tf
+
         texts = tf.convert_to_tensor(texts, tf.string)
         batch = tf.shape(texts)[0]
         tokens = self.tokenizer.tokenize(tf.strings.join([self.prefix(task), texts]))
@@ -242,6 +259,8 @@ class MultiTaskPreprocessor:
 
     def decode(self, token_ids) -> tf.Tensor:
         """Generated ids -> strings, cut at the first end token, special ids dropped."""
+        import tensorflow as tf
+
         token_ids = tf.convert_to_tensor(token_ids, tf.int32)
         is_end = tf.cast(tf.equal(token_ids, self.end_token_id), tf.int32)
         keep = tf.equal(tf.cumsum(is_end, axis=-1), 0)

@@ -1,4 +1,4 @@
-"""The `tf.distribute` strategy a run trains under, and which process is the chief.
+"""The `tf.distribute` strategy (or Keras distribution) a run trains under, and the chief.
 
 | `TrainConfig.strategy` | devices                                   | `batch_size` is split over |
 |------------------------|-------------------------------------------|----------------------------|
@@ -15,6 +15,22 @@ loss are over the global batch (see `DistillStepByStep.compute_task_losses`).
 A process creates its strategy once: `make_strategy` returns the same object
 for the same name, because TensorFlow allows one multi-worker or TPU strategy
 per process.
+
+On JAX the same names give a `keras.distribution.DataParallel`,
+whose `scope()` stands for the strategy's:
+
+| `TrainConfig.strategy`  | devices                                                      |
+|-------------------------|--------------------------------------------------------------|
+| `default`               | the distribution set by `keras.distribution.set_distribution`, |
+|                         | else one device (the first)                                  |
+| `mirrored`, `tpu`       | every device Keras lists (GPUs, TPU cores, or host devices)  |
+| `multi_worker`          | the same, after `keras.distribution.initialize()` (its       |
+|                         | `KERAS_DISTRIBUTION_*` variables name the processes)         |
+
+Every name but `default` sets the process's distribution (as a TensorFlow
+strategy is the process's): Keras then lays out each new weight on every
+device and splits each batch over them. The loss is computed on the global
+batch, so its token means are the global batch's with nothing to sum.
 """
 
 from __future__ import annotations
@@ -24,14 +40,20 @@ import json
 import logging
 import os
 
-import tensorflow as tf
+import keras
 
 from dss_keras.config import STRATEGIES
+
+ON_TENSORFLOW = keras.backend.backend() == "tensorflow"
+"""Whether strategies are `tf.distribute`'s (else `keras.distribution`'s)."""
+
+if ON_TENSORFLOW:
+    import tensorflow as tf
 
 logger = logging.getLogger(__name__)
 
 
-def make_strategy(name: str = "default") -> tf.distribute.Strategy:
+def make_strategy(name: str = "default"):
     """The strategy named `name` (one of `dss_keras.config.STRATEGIES`).
 
     - `"default"`: TensorFlow's default strategy (one device, no replicas).
@@ -41,6 +63,9 @@ def make_strategy(name: str = "default") -> tf.distribute.Strategy:
       process's task come from the `TF_CONFIG` environment variable.
     - `"tpu"`: `TPUStrategy` on the Cloud TPU named by `TPU_NAME` (empty: the
       TPU VM's own TPU).
+
+    On JAX it is a `keras.distribution.DataParallel` (see the module
+    docstring).
 
     Args:
         name: The strategy's name.
@@ -66,13 +91,49 @@ def make_strategy(name: str = "default") -> tf.distribute.Strategy:
     if name not in STRATEGIES:
         raise ValueError(f"`strategy` must be one of {', '.join(STRATEGIES)}. "
                          f"Received: strategy={name!r}")
+    if not ON_TENSORFLOW:
+        if name == "default":
+            return keras.distribution.distribution() or _one_device()
+        return _data_parallel(name)
     if name == "default":
         return tf.distribute.get_strategy()
     return _distributed_strategy(name)
 
 
 @functools.lru_cache(maxsize=None)
-def _distributed_strategy(name: str) -> tf.distribute.Strategy:
+def _one_device():
+    """`DataParallel` over the first device: one device, no process-wide setting."""
+    return keras.distribution.DataParallel(devices=keras.distribution.list_devices()[:1])
+
+
+@functools.lru_cache(maxsize=None)
+def _data_parallel(name: str):
+    """`DataParallel` over every device, set as the process's distribution."""
+    if name == "multi_worker":
+        if not os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES"):
+            raise ValueError(
+                "strategy='multi_worker' on JAX starts JAX's multi-process runtime with "
+                "`keras.distribution.initialize()`, which reads the processes from "
+                "KERAS_DISTRIBUTION_JOB_ADDRESSES, KERAS_DISTRIBUTION_NUM_PROCESSES and "
+                "KERAS_DISTRIBUTION_PROCESS_ID; KERAS_DISTRIBUTION_JOB_ADDRESSES is not set. "
+                "Received: strategy='multi_worker'")
+        keras.distribution.initialize()
+    devices = keras.distribution.list_devices()
+    data_parallel = keras.distribution.DataParallel(devices=devices)
+    keras.distribution.set_distribution(data_parallel)
+    logger.info("Distribution %s: DataParallel over %d devices", name, len(devices))
+    return data_parallel
+
+
+def strategy_of(model: keras.Model):
+    """The strategy `model` was created under (on JAX: the distribution in effect)."""
+    if ON_TENSORFLOW:
+        return model.distribute_strategy
+    return make_strategy("default")
+
+
+@functools.lru_cache(maxsize=None)
+def _distributed_strategy(name: str):
     if name == "mirrored":
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
@@ -95,11 +156,12 @@ def _distributed_strategy(name: str) -> tf.distribute.Strategy:
     return strategy
 
 
-def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
+def is_chief(strategy=None) -> bool:
     """Whether this process writes the run directory, exports and reports.
 
     Every process is the chief except the workers of a multi-worker strategy
-    other than the `"chief"` task (or, without one, worker 0).
+    other than the `"chief"` task (or, without one, worker 0); on JAX, the
+    process of index 0.
 
     Args:
         strategy: The strategy (the current one when `None`).
@@ -109,6 +171,12 @@ def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
     >>> is_chief(make_strategy("default"))
     True
     """
+    if not ON_TENSORFLOW:
+        if keras.backend.backend() != "jax":
+            return True
+        import jax
+
+        return jax.process_index() == 0
     strategy = strategy or tf.distribute.get_strategy()
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return True

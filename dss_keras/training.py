@@ -28,7 +28,7 @@ import logging
 import math
 import os
 import time
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import keras
 
@@ -36,11 +36,13 @@ from dss_keras import backbones, vocabulary
 from dss_keras.backup import Backup, BackupCallback
 from dss_keras.config import TINY_PRESET, TrainConfig
 from dss_keras.data import splits as splitting
-from dss_keras.data.pipeline import PipelineReport, make_dataset
 from dss_keras.data.records import Record
 from dss_keras.data.sources import Splits, load
 from dss_keras.evaluation import GenerationEvaluation, check_references, evaluate_labels
 from dss_keras.model import DistillStepByStep
+
+if TYPE_CHECKING:  # the pipeline (TensorFlow's tf.data) loads when `fit` feeds a model
+    from dss_keras.data.pipeline import PipelineReport
 
 logger = logging.getLogger(__name__)
 
@@ -146,9 +148,9 @@ def build_model(config: TrainConfig, train_records: Sequence[Record],
         train_records: The whole training split (it trains a tiny model's
             vocabulary; see `dss_keras.vocabulary`).
         vocabulary_path: Where the tiny model's vocabulary is stored.
-        strategy: A `tf.distribute.Strategy`; `make_strategy(config.strategy)`
-            when `None`. The model, its metrics and its optimizer are created
-            under its scope.
+        strategy: A `tf.distribute.Strategy` (on JAX a `keras.distribution`
+            one); `make_strategy(config.strategy)` when `None`. The model, its
+            metrics and its optimizer are created under its scope.
         seq2seq_lm: A seq2seq LM to wrap instead of the config's preset (a
             benchmark's shape); the caller creates it under the scope.
         **model_options: `DistillStepByStep` arguments that are not config
@@ -280,9 +282,11 @@ def fit(
     (2, 16, True)
     """
     from dss_keras import strategies
+    from dss_keras.data.pipeline import make_dataset
 
     if strategy is None:
-        strategy = (model.distribute_strategy if model is not None and config.strategy == "default"
+        strategy = (strategies.strategy_of(model)
+                    if model is not None and config.strategy == "default"
                     else strategies.make_strategy(config.strategy))
     chief = strategies.is_chief(strategy)
     records = check_trainable(config, splits)
@@ -294,12 +298,12 @@ def fit(
             vocabulary_path = os.path.join(tempfile.mkdtemp(prefix="dss_keras_"),
                                            "vocabulary.spm")
         model = build_model(config, splits.train, vocabulary_path, strategy)
-    elif model.distribute_strategy is not strategy:
+    elif strategies.strategy_of(model) is not strategy:
         raise ValueError(
             "The model was not created under the strategy fit trains with: build it with "
             "`build_model(config, ..., strategy=strategy)`. Received: "
             f"strategy={type(strategy).__name__}, "
-            f"model.distribute_strategy={type(model.distribute_strategy).__name__}")
+            f"model.distribute_strategy={type(strategies.strategy_of(model)).__name__}")
     steps_per_epoch = min(config.eval_every, config.steps)
     epochs = trained_steps(config) // steps_per_epoch
     backup = restored = None

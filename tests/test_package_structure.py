@@ -16,7 +16,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LAYERS = {
     # 0: settings, files, and the parts that know nothing of the rest of the package.
     "config": 0, "files": 0, "quiet": 0, "optimizers": 0, "decoding": 0, "metrics": 0,
-    "tf_fast_path": 0,
+    "tf_fast_path": 0, "objective": 0, "generation": 0,
     # 1: records and what turns them into tensors; training state on disk.
     "data": 1, "vocabulary": 1, "preprocessor": 1, "backup": 1, "run_lock": 1, "strategies": 1,
     # 2: the model and what wraps or serves it; the teacher.

@@ -78,23 +78,32 @@ def _bounded_lengths(limit: int) -> list[int]:
 
 
 def _pad_to_bounded_lengths(batch: dict, limits: dict, padding_values: dict) -> dict:
-    """Pads each task's encoder and decoder tensors to the next of `_bounded_lengths`."""
+    """Pads the encoder and decoder tensors to the next of `_bounded_lengths`.
+
+    Both tasks' encoder inputs (one text, two prefixes) get the same length,
+    the longer task's bound: fewer distinct batch shapes, each compiled once.
+    """
 
     def padded(tensor, length, value):
         return tf.pad(tensor, [[0, 0], [0, length - tf.shape(tensor)[1]]],
                       constant_values=tf.cast(value, tensor.dtype))
 
+    def bound(limit, actual):
+        lengths = tf.constant(_bounded_lengths(limit))
+        return tf.reduce_min(tf.boolean_mask(lengths, lengths >= actual))
+
+    encoder_keys = ("encoder_token_ids", "encoder_padding_mask")
+    decoder_keys = ("decoder_token_ids", "decoder_padding_mask", "target_ids", "target_weights")
+    encoder_length = tf.reduce_max([
+        bound(limits[task]["encoder"], tf.shape(tensors[encoder_keys[0]])[1])
+        for task, tensors in batch.items()])
     out = {}
     for task, tensors in batch.items():
-        out[task] = {}
-        for side, keys in (("encoder", ("encoder_token_ids", "encoder_padding_mask")),
-                           ("decoder", ("decoder_token_ids", "decoder_padding_mask",
-                                        "target_ids", "target_weights"))):
-            lengths = tf.constant(_bounded_lengths(limits[task][side]))
-            actual = tf.shape(tensors[keys[0]])[1]
-            length = tf.reduce_min(tf.boolean_mask(lengths, lengths >= actual))
-            for key in keys:
-                out[task][key] = padded(tensors[key], length, padding_values[task][key])
+        length = {"encoder": encoder_length,
+                  "decoder": bound(limits[task]["decoder"], tf.shape(tensors[decoder_keys[0]])[1])}
+        out[task] = {key: padded(tensors[key], length[side], padding_values[task][key])
+                     for side, keys in (("encoder", encoder_keys), ("decoder", decoder_keys))
+                     for key in keys}
     return out
 
 
@@ -142,8 +151,9 @@ def make_dataset(
             memory, instead of tokenizing again on every pass (no faster at
             the t5-small shape on CPU, see BENCHMARKS.md).
         bounded_shapes: Pad each batch's encoder and decoder lengths up to
-            the next power of two (or the length budget), as a jit-compiled
-            (XLA) train step wants.
+            the next power of two (or the length budget), both tasks' encoder
+            inputs to the same one, as a jit-compiled (XLA) train step wants:
+            it compiles once per shape, and there are few.
 
     Returns:
         `(dataset, report)`.

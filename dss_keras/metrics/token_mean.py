@@ -1,9 +1,9 @@
-"""`TokenMean`: the Keras metric behind the token-mean losses and accuracies."""
+"""`TokenMean`: the Keras metric behind the token-mean losses and accuracies (any backend)."""
 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 
 @keras.saving.register_keras_serializable(package="dss_keras")
@@ -14,6 +14,14 @@ class TokenMean(keras.metrics.Metric):
     replicas when read, so the result is the mean over all tokens of all
     replicas, not a mean of per-replica means. Before any token is counted
     the result is NaN.
+
+    Examples:
+
+    >>> metric = TokenMean()
+    >>> metric.update_state(3.0, 2.0)
+    >>> metric.update_state(1.0, 2.0)
+    >>> float(metric.result())
+    1.0
     """
 
     def __init__(self, name: str = "token_mean", dtype=None):
@@ -22,13 +30,13 @@ class TokenMean(keras.metrics.Metric):
         self.count = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="count")
 
     def update_state(self, total, count):
-        self.total.assign_add(tf.cast(total, "float32"))
-        self.count.assign_add(tf.cast(count, "float32"))
+        self.total.assign_add(ops.cast(total, "float32"))
+        self.count.assign_add(ops.cast(count, "float32"))
 
     def result(self):
         # No token seen (e.g. no rationale in the data): NaN, not a fake 0.0.
-        return tf.where(self.count > 0, tf.math.divide_no_nan(self.total, self.count),
-                        tf.constant(float("nan")))
+        return ops.where(self.count > 0, ops.divide_no_nan(self.total, self.count),
+                         float("nan"))
 
     def reset_state(self):
         self.total.assign(0.0)

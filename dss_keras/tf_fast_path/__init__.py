@@ -2,8 +2,9 @@
 
 For maintainers; nothing here is API. `DistillStepByStep` uses these modules
 on the TensorFlow backend, and the tests prove each equal to the plain
-computation it replaces (`tests/tf_fast_path/`). BENCHMARKS.md has what each
-is worth.
+computation it replaces (`tests/tf_fast_path/`), the whole step equal to the
+objective every backend trains (`dss_keras.objective`; on JAX too,
+`tests/test_jax_backend.py`). BENCHMARKS.md has what each is worth.
 
 | module                | what it does                                                        |
 |-----------------------|---------------------------------------------------------------------|
@@ -17,7 +18,12 @@ is worth.
 | `activations`         | tanh-GELU keeping only its input                                    |
 | `token_cross_entropy` | the token cross-entropy as separate ops                             |
 | `train_function`      | one flat `tf.function` per step; glibc's heap back after the first  |
+| `replicas`            | sums over the replicas of a `tf.distribute` strategy                |
 | `cpu_runtime`         | pooled CPU memory and oneDNN kernels, when the user asks            |
+| `options`             | checks of `examples_per_row` and `pad_to_multiple_of`               |
+| `saved_names`         | T5's layer names in saved files: the same on every backend          |
 
-Importing this package imports nothing; `cpu_runtime` imports no TensorFlow.
+Importing this package imports nothing; `cpu_runtime`, `options`, `saved_names`
+and `activations` import no TensorFlow (every backend validates the options,
+reads saved files and builds a tiny T5 with `gelu_tanh`).
 """

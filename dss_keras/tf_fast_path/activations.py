@@ -14,11 +14,13 @@ the same speed (BENCHMARKS.md).
 backbone built with another tanh-GELU (KerasHub's presets use
 `keras_hub>gelu_approximate`); `DistillStepByStep` does so when it wraps a T5.
 The backbone's own config is untouched, so saving it saves what it was built
-with.
+with. `gelu_tanh` is registered on every backend (a tiny T5 is built with it),
+and this module imports TensorFlow only when it runs on TensorFlow (and
+KerasHub only when it swaps activations).
 
 Examples:
 
->>> import numpy as np, tensorflow as tf
+>>> import keras_hub, numpy as np, tensorflow as tf
 >>> x = tf.constant(np.linspace(-4.0, 4.0, 9), "float32")
 >>> bool(np.allclose(gelu_tanh(x), keras.activations.gelu(x, approximate=True), atol=1e-6))
 True
@@ -34,32 +36,38 @@ True
 
 from __future__ import annotations
 
+import functools
 import math
 
 import keras
-import keras_hub
-import tensorflow as tf
 
 _C = math.sqrt(2.0 / math.pi)
 _A = 0.044715
 
 
-@tf.custom_gradient
-def _gelu_tanh_keeping_input(x):
-    tanh = tf.tanh(_C * x * (1.0 + _A * tf.square(x)))
+@functools.cache
+def _gelu_tanh_keeping_input():
+    """The TensorFlow function with the lean gradient (made on first use: TensorFlow only)."""
+    import tensorflow as tf
 
-    def gradient(upstream):
-        # Computed again once `upstream` arrives; without the dependency TensorFlow could
-        # run it in the forward pass and hold the result until the backward pass.
-        with tf.control_dependencies([upstream]):
-            x_now = tf.identity(x)
-        square = tf.square(x_now)
-        tanh = tf.tanh(_C * x_now * (1.0 + _A * square))
-        inner_slope = _C * (1.0 + 3.0 * _A * square)
-        return upstream * (0.5 * (1.0 + tanh)
-                           + 0.5 * x_now * (1.0 - tf.square(tanh)) * inner_slope)
+    @tf.custom_gradient
+    def gelu(x):
+        tanh = tf.tanh(_C * x * (1.0 + _A * tf.square(x)))
 
-    return 0.5 * x * (1.0 + tanh), gradient
+        def gradient(upstream):
+            # Computed again once `upstream` arrives; without the dependency TensorFlow
+            # could run it in the forward pass and hold the result until the backward pass.
+            with tf.control_dependencies([upstream]):
+                x_now = tf.identity(x)
+            square = tf.square(x_now)
+            tanh = tf.tanh(_C * x_now * (1.0 + _A * square))
+            inner_slope = _C * (1.0 + 3.0 * _A * square)
+            return upstream * (0.5 * (1.0 + tanh)
+                               + 0.5 * x_now * (1.0 - tf.square(tanh)) * inner_slope)
+
+        return 0.5 * x * (1.0 + tanh), gradient
+
+    return gelu
 
 
 @keras.saving.register_keras_serializable(package="dss_keras")
@@ -77,7 +85,7 @@ def gelu_tanh(x):
     """
     if keras.backend.backend() != "tensorflow":
         return keras.activations.gelu(x, approximate=True)
-    return _gelu_tanh_keeping_input(x)
+    return _gelu_tanh_keeping_input()(x)
 
 
 def swap_feedforward_activation(backbone: keras.Model, old, new) -> int:
@@ -91,6 +99,8 @@ def swap_feedforward_activation(backbone: keras.Model, old, new) -> int:
     Returns:
         The number of feed-forward projections whose activation was swapped.
     """
+    import keras_hub
+
     if not isinstance(backbone, keras_hub.models.T5Backbone):
         return 0
     swapped = 0
@@ -119,4 +129,6 @@ def use_gelu_tanh(backbone: keras.Model) -> int:
 
 def keras_hub_gelu_tanh():
     """KerasHub's tanh-GELU (`keras_hub>gelu_approximate`), which its T5 presets use."""
+    import keras_hub  # noqa: F401  (registers it)
+
     return keras.saving.get_registered_object("keras_hub>gelu_approximate")

@@ -21,8 +21,11 @@ cheap to compute again:
 computations; `use_lean_t5_layers(backbone)`
 gives a T5 backbone's layers their class (same weights, names, configs and
 outputs) and its tanh-GELU `dss_keras.tf_fast_path.activations.gelu_tanh`, and
-`DistillStepByStep` does so when it wraps a T5. A saved model
-loads into KerasHub's classes and gets them again when wrapped.
+`DistillStepByStep` does so when it wraps a T5. It saves a model
+with KerasHub's classes (`use_keras_hub_layer_classes`; Keras names the layers
+in the file after their class, `dss_keras.tf_fast_path.saved_names`), so that
+every backend loads the file, and the fast path gives the layers their lean
+class again when it next traces a step.
 
 Examples:
 
@@ -365,6 +368,16 @@ def use_lean_t5_layers(backbone: keras.Model) -> int:
     changed = use_gelu_tanh(backbone)
     return changed + sum(swap_layer_class(backbone, old, new)
                          for old, new in LEAN_CLASSES.items())
+
+
+def use_keras_hub_layer_classes(backbone: keras.Model) -> int:
+    """Gives the lean layers of a backbone KerasHub's classes again; returns how many changed.
+
+    Their activations are left as they are (the same values either way). A
+    file saved then names the layers as every backend does
+    (`dss_keras.tf_fast_path.saved_names`).
+    """
+    return sum(swap_layer_class(backbone, lean, plain) for plain, lean in LEAN_CLASSES.items())
 
 
 @contextlib.contextmanager

@@ -40,10 +40,11 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
-import operator
 from typing import Sequence
 
 import tensorflow as tf
+
+from dss_keras.tf_fast_path.options import check_examples_per_row, check_length_multiple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,34 +119,6 @@ def pack_task(inputs: dict, examples_per_row: int, length_multiple: int = 1) -> 
         rows=rows,
         decoder_offsets=decoder_offsets,
     )
-
-
-def check_examples_per_row(examples_per_row) -> int:
-    """`examples_per_row` as an `int` if it is a whole number, at least 1; else a `ValueError`.
-
-    Any integer type passes (a NumPy integer from a config or a tuner too);
-    floats, strings and booleans do not.
-    """
-    return _whole_number_at_least_1(examples_per_row, "examples_per_row")
-
-
-def _whole_number_at_least_1(value, name: str) -> int:
-    try:
-        number = None if isinstance(value, bool) else operator.index(value)
-    except TypeError:
-        number = None
-    if number is None or number < 1:
-        raise ValueError(f"`{name}` must be a whole number, at least 1. "
-                         f"Received: {name}={value!r}")
-    return number
-
-
-def check_length_multiple(length_multiple, name: str = "length_multiple") -> int:
-    """`length_multiple` as an `int` if it is a whole number, at least 1; else a `ValueError`.
-
-    `name` is the argument's name in the error message.
-    """
-    return _whole_number_at_least_1(length_multiple, name)
 
 
 def stack_examples(inputs: Sequence[dict]) -> dict:

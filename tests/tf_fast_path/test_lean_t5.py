@@ -11,6 +11,7 @@ from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
 from keras_hub.src.models.t5.t5_transformer_layer import T5TransformerLayer
 
 from dss_keras import testing
+from dss_keras.data import make_dataset
 from dss_keras.tf_fast_path import lean_t5
 from dss_keras.model import DistillStepByStep
 from dss_keras.tf_fast_path.activations import gelu_tanh
@@ -354,7 +355,14 @@ def _lean_kinds(backbone):
             if isinstance(layer, (T5LayerNorm, T5MultiHeadAttention, T5TransformerLayer))}
 
 
-def test_distill_step_by_step_puts_lean_layers_into_a_t5_again_when_loaded(tmp_path):
+def test_a_model_saves_keras_hub_layers_and_the_fast_path_makes_them_lean_again(tmp_path):
+    """Files name T5's layers as every backend does; lean layers come back for training."""
+    import zipfile
+
+    import h5py
+
+    from dss_keras.tf_fast_path.saved_names import LEAN_SAVED_NAMES, saved_layer_class
+
     model = DistillStepByStep(testing.tiny_seq2seq_lm(), max_input_length=32,
                               max_label_length=4, max_rationale_length=8)
     backbone = model.seq2seq_lm.backbone
@@ -362,10 +370,19 @@ def test_distill_step_by_step_puts_lean_layers_into_a_t5_again_when_loaded(tmp_p
             T5LayerRecomputingFeedForward}
     assert _lean_kinds(backbone) == lean
     model.save(tmp_path / "model.keras")
+    with zipfile.ZipFile(tmp_path / "model.keras") as archive:
+        archive.extract("model.weights.h5", tmp_path)
+    names = []
+    h5py.File(tmp_path / "model.weights.h5").visit(names.append)
+    assert not {saved_layer_class(n.rpartition("/")[2]) for n in names} & LEAN_SAVED_NAMES
+    assert _lean_kinds(backbone) == {T5LayerNorm, T5MultiHeadAttention, T5TransformerLayer}
     loaded = keras.saving.load_model(tmp_path / "model.keras")
-    assert _lean_kinds(loaded.seq2seq_lm.backbone) == lean  # put in again when rebuilt
     for saved, restored in zip(backbone.weights, loaded.seq2seq_lm.backbone.weights):
         np.testing.assert_array_equal(saved.numpy(), restored.numpy())
+    for trained in (model, loaded):
+        dataset, _ = make_dataset(testing.toy_records(4), trained.preprocessor, batch_size=4)
+        trained.compute_task_losses(*next(iter(dataset)))
+        assert _lean_kinds(trained.seq2seq_lm.backbone) == lean
 
 
 def test_the_attention_benchmark_times_the_same_computation_on_both_sides():
