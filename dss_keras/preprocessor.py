@@ -248,6 +248,8 @@ class MultiTaskPreprocessor:
         Returns:
             int32 `target_ids` and `target_mask`, each `[batch, length]`.
         """
+        import tensorflow as tf
+
         texts = tf.convert_to_tensor(texts, tf.string)
         tokens = self.tokenizer.tokenize(texts)
         if not isinstance(tokens, (tf.Tensor, tf.RaggedTensor)):
