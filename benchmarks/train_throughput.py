@@ -32,7 +32,8 @@ Sides:
 With `--same-start` (needs `--official`) every dss-keras side starts from the very
 checkpoint the authors' side loads (the stand-in `run_official.sh` builds, read with
 `dss_keras.hf_t5.load_checkpoint`), with dropout off on both sides, and trains on the
-batches their collator built, in their order (both tasks of the same examples in each);
+batches their collator built, in their order (both tasks of the same examples in each,
+padded as theirs: no length buckets, so the speed is taken on their batches too);
 after the speed table it prints both sides' loss after every step, step 1's relative
 difference and the largest gap (`same_start.py`). Compare at a learning rate where the
 curves move:
