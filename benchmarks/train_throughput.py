@@ -5,8 +5,9 @@ decoder layers, 6 heads, d_kv 64, d_ff 1024 gated tanh-GELU, vocabulary 32128,
 random init, dropout 0.1) on both tasks at batch 8 on the CQA training records
 with PaLM rationales, tokenized with one SentencePiece model trained here, all
 sequences cut at 256 tokens, with the authors' optimizer (AdamW, epsilon 1e-8,
-no weight decay, linear decay from 5e-5, clipping at global norm 1.0). Each
-side runs in its own process, one after the other, so peak RSS is its own.
+no weight decay, linear decay from 5e-5 or `--learning-rate`, clipping at global
+norm 1.0). Each side runs in its own process, one after the other, so peak RSS is
+its own.
 
 Sides:
 - `official`: the authors' `run.py` (PyTorch, Hugging Face Trainer) through
@@ -28,6 +29,18 @@ Sides:
     python benchmarks/train_throughput.py --official PATH_TO_AUTHORS_CODE \
         --bf16 --skip-reference --variants fast
 
+With `--same-start` (needs `--official`) every dss-keras side starts from the very
+checkpoint the authors' side loads (the stand-in `run_official.sh` builds, read with
+`dss_keras.hf_t5.load_checkpoint`), with dropout off on both sides, and trains on the
+batches their collator built, in their order (both tasks of the same examples in each,
+padded as theirs: no length buckets, so the speed is taken on their batches too);
+after the speed table it prints both sides' loss after every step, step 1's relative
+difference and the largest gap (`same_start.py`). Compare at a learning rate where the
+curves move:
+
+    python benchmarks/train_throughput.py --official PATH_TO_AUTHORS_CODE --same-start \
+        --learning-rate 1e-3 --skip-reference --variants fast --warmup-steps 5 --steps 45
+
 With `--bf16` both sides train in bfloat16 mixed precision (the authors' own
 `--bf16`: torch autocast; Keras' `mixed_bfloat16` policy), which pays on CPUs
 with AVX-512 BF16 or AMX and on GPUs; the reference has no bf16 mode.
@@ -48,6 +61,7 @@ import functools
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,6 +69,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import same_start  # noqa: E402 (in this folder)
 MAX_LENGTH = 256  # the authors cut inputs (max_input_length) and targets (256) here
 SHAPE = dict(vocabulary_size=32128, num_layers=8, num_heads=6, hidden_dim=512,
              intermediate_dim=1024, key_value_dim=64, dropout=0.1)
@@ -64,7 +80,8 @@ PLAIN = dict(logits_at_targets_only=False, shared_encoder_pass=False, cache_toke
              bfc_allocator=False, onednn=None, examples_per_row=1, inter_op_threads=None,
              one_pass_clip=False, malloc_arenas=None, autodiff_gelu=False, pad_to_multiple_of=16,
              autodiff_norm=False, autodiff_attention=False, autodiff_feed_forward=False,
-             tf_cross_entropy=False, scaled_clip=False, glibc_mmap_threshold=False)
+             tf_cross_entropy=False, scaled_clip=False, glibc_mmap_threshold=False,
+             torch_epsilon=False)
 # What `dss-keras train` and the recipes run (`dss_keras.tf_fast_path.cpu_runtime` included: oneDNN
 # kernels, TF_ENABLE_ONEDNN_OPTS=1, which pool CPU memory themselves; else the BFC allocator):
 # both tasks' examples packed four to a row, one encoder and one decoder call per step.
@@ -146,10 +163,17 @@ VARIANTS = {
     "fast-exact-lengths": dict(FAST, pad_to_multiple_of=1),
     # The official stand-in's LM head init (Hugging Face's std 1.0, logits of std ~20).
     "fast-hf-init": dict(FAST, lm_head_std=1.0),
+    # Adam's epsilon added where PyTorch adds it, to the bias-corrected root of the second
+    # moment; Keras (and `dss_keras.optimizers.AdamW`) adds it before the bias correction,
+    # an epsilon 1 / sqrt(1 - beta_2 ** t) times larger (31.6x at the first step). Moves
+    # only weights whose gradients are near epsilon (`--same-start` tells the difference).
+    "fast-torch-epsilon": dict(FAST, torch_epsilon=True),
 }
 NARROW_BUCKETS = [16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 112, 128, 144, 160, 176, 200,
                   224, 256, 288, 320, 360, 408, 456]
 TOKEN_KEYS = ("input_real", "input_padded", "target_real", "target_padded")
+LEARNING_RATE = 5e-5  # the authors' run.py default
+RECORD = "official_record"  # --same-start: the peer hook's folder in the work directory
 
 
 def parse_args(argv=None):
@@ -176,6 +200,12 @@ def parse_args(argv=None):
                         "(torch autocast), Keras' mixed_bfloat16 policy for dss-keras")
     p.add_argument("--rounds", type=int, default=1,
                    help="run every side this many times, alternating")
+    p.add_argument("--learning-rate", type=float, default=LEARNING_RATE,
+                   help="the peak of every side's linear decay (their run.py's --lr)")
+    p.add_argument("--same-start", action="store_true",
+                   help="dss-keras starts from the checkpoint the official side loads, "
+                        "dropout off on both, on their batches in their order; prints "
+                        "both sides' loss after every step (needs --official)")
     p.add_argument("--json-out")
     # Internal: run one dss-keras variant in this process.
     p.add_argument("--side", choices=("driver", "keras"), default="driver",
@@ -183,6 +213,7 @@ def parse_args(argv=None):
     p.add_argument("--variant", default="fast", help=argparse.SUPPRESS)
     p.add_argument("--records", help=argparse.SUPPRESS)
     p.add_argument("--spm", help=argparse.SUPPRESS)
+    p.add_argument("--official-record", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -255,12 +286,13 @@ def _counting(dataset, counts: list, examples_per_row: int = 1, joint: bool = Fa
 MODEL_OPTIONS = ("logits_at_targets_only", "shared_encoder_pass", "pad_to_multiple_of")
 
 
-def benchmark_config(options: dict, steps: int, batch_size: int, bf16: bool = False):
+def benchmark_config(options: dict, steps: int, batch_size: int, bf16: bool = False,
+                     learning_rate: float = LEARNING_RATE):
     """The `TrainConfig` of a side: the authors' optimizer and budgets, the variant's fields."""
     from dss_keras.config import TrainConfig
 
     return TrainConfig(
-        learning_rate=5e-5, lr_schedule="linear", steps=steps, adam_epsilon=1e-8,
+        learning_rate=learning_rate, lr_schedule="linear", steps=steps, adam_epsilon=1e-8,
         clip_global_norm=1.0, batch_size=batch_size, max_input_length=MAX_LENGTH,
         max_label_length=MAX_LENGTH, max_rationale_length=MAX_LENGTH,
         rematerialize=options["rematerialize"], examples_per_row=options["examples_per_row"],
@@ -269,13 +301,17 @@ def benchmark_config(options: dict, steps: int, batch_size: int, bf16: bool = Fa
 
 
 def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: int,
-                  bf16: bool = False):
+                  bf16: bool = False, learning_rate: float = LEARNING_RATE,
+                  checkpoint: str | None = None, batches: list | None = None):
     """The benchmark's model (compiled) and training dataset for one variant's options.
 
     The model comes from `dss_keras.training.build_model`, the function `dss-keras
     train` builds its models with, around a T5 of the benchmark's shape; `fast` changes
     nothing of it (`tests/test_train_throughput_report.py`). With `bf16` the backbone
-    computes in bfloat16 (Keras' `mixed_bfloat16` policy).
+    computes in bfloat16 (Keras' `mixed_bfloat16` policy). With `checkpoint` (a
+    `transformers` T5 folder) the T5 is that one, dropout off; with `batches` (steps of
+    `same_start.recorded_steps`) the dataset is those batches in their order, not the
+    shuffled `records`.
     """
     import keras
     import numpy as np
@@ -284,6 +320,7 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
     from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
     from keras_hub.src.models.t5.t5_transformer_layer import T5TransformerLayer
 
+    from dss_keras import hf_t5
     from dss_keras.backbones import tiny_t5
     from dss_keras.data import make_dataset
     from dss_keras.optimizers import clip_factor
@@ -293,10 +330,13 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
     from dss_keras.tf_fast_path.lean_t5 import LEAN_CLASSES, swap_layer_class
     from dss_keras.training import build_model
 
-    config = benchmark_config(options, steps, batch_size, bf16)
-    lm = tiny_t5(proto=proto, embedding_size=SHAPE["vocabulary_size"],
-                 dtype=None if config.dtype_policy == "float32" else config.dtype_policy,
-                 **{k: v for k, v in SHAPE.items() if k != "vocabulary_size"})
+    config = benchmark_config(options, steps, batch_size, bf16, learning_rate)
+    dtype = None if config.dtype_policy == "float32" else config.dtype_policy
+    if checkpoint:
+        lm = hf_t5.load_checkpoint(checkpoint, dtype=dtype, dropout=0.0)
+    else:
+        lm = tiny_t5(proto=proto, embedding_size=SHAPE["vocabulary_size"], dtype=dtype,
+                     **{k: v for k, v in SHAPE.items() if k != "vocabulary_size"})
     if options["lm_head_std"]:
         head = lm.backbone.token_embedding.reverse_embeddings
         head.assign(np.random.default_rng(0).normal(
@@ -319,6 +359,8 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
     if not options["one_pass_clip"]:  # Keras' own global-norm clipping
         optimizer._clip_gradients = functools.partial(keras.optimizers.AdamW._clip_gradients,
                                                       optimizer)
+    if options["torch_epsilon"]:
+        use_torch_epsilon(optimizer)
     if options["scaled_clip"]:
         def scaled_gradients(grads):
             factor = clip_factor(grads, config.clip_global_norm)
@@ -332,6 +374,8 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
     if options["flat_train_function"] and options["release_memory"] is not None:
         model.train_function = train_function.flat_train_function(
             model, release_memory=options["release_memory"])
+    if batches is not None:
+        return model, same_start.recorded_dataset(batches, model.preprocessor)
     dataset, _ = make_dataset(
         records, model.preprocessor, batch_size=batch_size,
         seed=0, repeat=True, drop_remainder=True,
@@ -339,6 +383,26 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
         cache_tokens=options["cache_tokens"], bounded_shapes=bool(model.jit_compile),
     )
     return model, dataset
+
+
+def use_torch_epsilon(optimizer) -> None:
+    """`dss_keras.optimizers.AdamW`'s fused update with epsilon where PyTorch's AdamW adds it.
+
+    PyTorch divides by `sqrt(v / (1 - beta_2 ** t)) + epsilon`; Keras' kernel by
+    `sqrt(v) + epsilon` with the bias correction in the learning rate, which is the same
+    with `epsilon * sqrt(1 - beta_2 ** t)` handed to the kernel.
+    """
+    import tensorflow as tf
+
+    kernel_scalars = optimizer._kernel_scalars
+
+    def torch_epsilon(*args):
+        scalars = kernel_scalars(*args)
+        step = tf.cast(optimizer.iterations + 1, "float64")
+        beta_2 = tf.constant(float(optimizer.beta_2), "float64")
+        return {**scalars, "epsilon": scalars["epsilon"] * tf.sqrt(1.0 - beta_2 ** step)}
+
+    optimizer._kernel_scalars = torch_epsilon
 
 
 def run_keras(args) -> dict:
@@ -367,8 +431,15 @@ def run_keras(args) -> dict:
     tf.config.threading.set_inter_op_parallelism_threads(
         options["inter_op_threads"] or args.threads)
     total = args.warmup_steps + args.steps
-    model, dataset = build_variant(Path(args.spm).read_bytes(), read_jsonl(args.records),
-                                   options, total, args.batch_size, bf16=args.bf16)
+    records = read_jsonl(args.records)
+    checkpoint = batches = None
+    if args.official_record:  # --same-start
+        checkpoint = same_start.starting_checkpoint(args.official_record)
+        batches = same_start.recorded_steps(args.official_record, total)
+    model, dataset = build_variant(Path(args.spm).read_bytes(), records, options, total,
+                                   args.batch_size, bf16=args.bf16,
+                                   learning_rate=args.learning_rate, checkpoint=checkpoint,
+                                   batches=batches)
     counts: list = []
     dataset = _counting(dataset, counts, options["examples_per_row"],
                         joint=options["shared_encoder_pass"])
@@ -380,9 +451,18 @@ def run_keras(args) -> dict:
             self.times.append(time.perf_counter())
             self.cpu_times.append(time.process_time())
 
-    timer = Timer()
+    class Losses(keras.callbacks.Callback):
+        steps = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps.append([float(logs[k]) for k in ("loss", "label_loss", "rationale_loss")])
+
+    timer, losses = Timer(), Losses()
+    # --same-start: one step an epoch, so that the logged loss is the step's, not a mean.
+    steps_per_epoch = 1 if batches else total
     start = time.perf_counter()
-    model.fit(dataset, steps_per_epoch=total, epochs=1, callbacks=[timer], verbose=0)
+    model.fit(dataset, steps_per_epoch=steps_per_epoch, epochs=total // steps_per_epoch,
+              callbacks=[timer] + ([losses] if batches else []), verbose=0)
     first_step = timer.times[0] - start
     durations = np.diff(timer.times[args.warmup_steps - 1:])
     median = float(np.median(durations))
@@ -399,6 +479,15 @@ def run_keras(args) -> dict:
     }
     # Each side's padded size (batch x length, or packed rows x length): one per shape.
     shapes = {tuple(row[1::2]) for row in np.array(counts[:total])}
+    same = {}
+    if batches:
+        ours = same_start.example_keys(records, model.preprocessor)
+        theirs = [key for step in batches for key in same_start.step_keys(step)]
+        same = {"checkpoint": checkpoint,
+                "step_losses": [loss for loss, *_ in losses.steps],
+                "step_task_losses": [tasks for _, *tasks in losses.steps],
+                "examples_from_our_records": sum(key in ours for key in theirs),
+                "examples_trained": len(theirs)}
     return {
         "side": f"dss-keras ({args.variant}{', bf16' if args.bf16 else ''})",
         "examples_per_second": args.batch_size * args.steps / seconds,
@@ -418,6 +507,8 @@ def run_keras(args) -> dict:
         "compute_dtype": model.seq2seq_lm.backbone.compute_dtype,
         "tensorflow_version": tf.__version__,
         "onednn_graph_rewrites": onednn_in_effect(),
+        "learning_rate": args.learning_rate,
+        **same,
     }
 
 
@@ -425,9 +516,14 @@ def official_env(args, spm: Path, workdir: Path) -> dict:
     """The environment of `run_official.sh`: the shape, steps and files of this benchmark.
 
     The hook in official_hooks/ counts the batches' tokens into `official_tokens.jsonl`,
-    adds $DSS_PEER_RUN_ARGS to their command line (their run.py's own `--bf16`, when this
-    benchmark runs with `--bf16`) and writes that command line to `official_argv.json`.
+    adds $DSS_PEER_RUN_ARGS to their command line (their run.py's `--lr`, and `--bf16`
+    when this benchmark runs with `--bf16`) and writes that command line to
+    `official_argv.json`. With `--same-start` their stand-in has no dropout, and the hook
+    records their checkpoint, batches and losses in RECORD.
     """
+    run_args = f"--lr {args.learning_rate}" + (" --bf16" if args.bf16 else "")
+    same = {"STANDIN_DROPOUT": "0.0",
+            "DSS_PEER_RECORD": str(workdir / RECORD)} if args.same_start else {}
     return {
         **os.environ,
         "MODES": "task_prefix", "DATASET": "cqa", "DATA_DIR": str(Path(args.data_dir).resolve()),
@@ -436,7 +532,7 @@ def official_env(args, spm: Path, workdir: Path) -> dict:
         "SPM_MODEL": str(spm), "MODEL_VOCAB": str(SHAPE["vocabulary_size"]),
         "JSON_OUT": str(workdir / "official.json"),
         "DSS_PEER_TOKEN_COUNTS": str(workdir / "official_tokens.jsonl"),
-        "DSS_PEER_RUN_ARGS": "--bf16" if args.bf16 else "",
+        "DSS_PEER_RUN_ARGS": run_args, **same,
         "DSS_PEER_ARGV_OUT": str(workdir / "official_argv.json"),
         "PYTHONPATH": os.pathsep.join(
             [str(HERE / "official_hooks")] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
@@ -454,6 +550,10 @@ def run_official(args, records: Path, spm: Path, workdir: Path) -> dict:
                          ("JSON_OUT", "DSS_PEER_TOKEN_COUNTS", "DSS_PEER_ARGV_OUT"))
     for stale in (out, counts, argv):  # from an earlier round
         stale.unlink(missing_ok=True)
+    record = Path(env["DSS_PEER_RECORD"]) if args.same_start else None
+    if record:
+        shutil.rmtree(record, ignore_errors=True)
+        record.mkdir()
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{script} failed:\n{done.stderr[-4000:]}")
@@ -462,12 +562,21 @@ def run_official(args, records: Path, spm: Path, workdir: Path) -> dict:
     if args.bf16 != ("--bf16" in run_argv):
         raise RuntimeError(f"their run.py ran without the precision asked for. Received: "
                            f"argv={run_argv}, bf16={args.bf16}")
+    given = [float(value) for flag, value in zip(run_argv, run_argv[1:]) if flag == "--lr"]
+    if (given[-1] if given else LEARNING_RATE) != args.learning_rate:  # argparse: the last
+        raise RuntimeError(f"their run.py ran at another learning rate than asked for. "
+                           f"Received: argv={run_argv}, learning_rate={args.learning_rate}")
     calls = [json.loads(line) for line in counts.read_text().splitlines()]
     # Two collator calls per step (predict, explain); bench_run times steps warmup+1..total.
     timed = calls[2 * args.warmup_steps: 2 * (args.warmup_steps + args.steps)]
     tokens = {k: sum(c[k] for c in timed) / args.steps for k in TOKEN_KEYS}
     side = "official (bf16)" if args.bf16 else "official"
     result["run_argv"] = run_argv
+    if record:
+        steps = same_start.official_losses(record, result.get("losses"))
+        result.update(checkpoint=same_start.starting_checkpoint(record),
+                      step_losses=[step["loss"] for step in steps],
+                      step_task_losses=[step["task_losses"] for step in steps])
     result.update({"side": side, **{f"tokens_{k}": v for k, v in tokens.items()}})
     return result
 
@@ -494,6 +603,7 @@ def run_reference(args, records: Path, spm: Path, workdir: Path) -> dict:
                "--warmup-steps", str(args.warmup_steps), "--threads", str(args.threads),
                "--max-input-length", str(MAX_LENGTH), "--max-label-length", str(MAX_LENGTH),
                "--max-rationale-length", str(MAX_LENGTH), "--max-grad-norm", "1.0",
+               "--lr", str(args.learning_rate),
                "--json-out", str(out)]
     result = _run_json(command, out)
     tokens = {
@@ -588,7 +698,8 @@ def _sides(args, variants: list[str], records: Path, spm: Path, workdir: Path) -
     common = ["--records", str(records), "--spm", str(spm),
               "--batch-size", str(args.batch_size), "--steps", str(args.steps),
               "--warmup-steps", str(args.warmup_steps), "--threads", str(args.threads),
-              *(["--bf16"] if args.bf16 else [])]
+              "--learning-rate", str(args.learning_rate), *(["--bf16"] if args.bf16 else []),
+              *(["--official-record", str(workdir / RECORD)] if args.same_start else [])]
     for variant in variants:
         out = workdir / f"keras-{variant}.json"
         sides.append(functools.partial(_run_json, [
@@ -613,6 +724,13 @@ def main(argv=None) -> int:
     if args.bf16 and not args.skip_reference:
         raise SystemExit("--bf16: the reference (torch_reference_train.py) trains in float32 "
                          "only; add --skip-reference. Received: skip_reference=False")
+    if args.same_start and not args.official:
+        raise SystemExit("--same-start starts dss-keras from the checkpoint the official side "
+                         "loads: give --official PATH. Received: official=None")
+    moved = [v for v in variants if VARIANTS[v]["lm_head_std"]]
+    if args.same_start and moved:
+        raise SystemExit(f"--same-start: these variants start from other weights than the "
+                         f"checkpoint's. Received: variants={moved}")
     if not (args.official or not args.skip_reference or variants):
         raise SystemExit("No side to run: give --official, --variants, or drop --skip-reference")
     load_before = os.getloadavg()[0]
@@ -634,6 +752,7 @@ def main(argv=None) -> int:
         finally:  # a side that fails keeps what the others measured
             if results:
                 print_table(args, results, load_before)
+                same_start.print_loss_curves(results)
                 if args.json_out:
                     Path(args.json_out).write_text(json.dumps(results, indent=2))
     return 0

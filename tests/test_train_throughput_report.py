@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,15 +104,71 @@ def test_bf16_reaches_every_side(benchmark, tmp_path):
                                               tmp_path / "spm.model", tmp_path)
     assert official.func is benchmark.run_official
     env = benchmark.official_env(args, tmp_path / "spm.model", tmp_path)
-    assert env["DSS_PEER_RUN_ARGS"] == "--bf16"  # their run.py's own flag, through the hook
+    # Their run.py's own flags, through the hook (--lr: their default, 5e-5).
+    assert env["DSS_PEER_RUN_ARGS"] == "--lr 5e-05 --bf16"
     assert env["PYTHONPATH"].split(os.pathsep)[0].endswith("official_hooks")
     for side in keras_sides:  # each dss-keras side runs in its own process, with --bf16
         command = side.args[0]
         assert command[command.index("--side") + 1] == "keras" and "--bf16" in command
     plain = benchmark.parse_args(["--skip-reference", "--variants", "fast", "--data-dir", "x"])
     assert "--bf16" not in benchmark._sides(plain, ["fast"], None, None, tmp_path)[0].args[0]
-    assert benchmark.official_env(plain, tmp_path / "spm.model", tmp_path)[
-        "DSS_PEER_RUN_ARGS"] == ""
+    plain_env = benchmark.official_env(plain, tmp_path / "spm.model", tmp_path)
+    assert plain_env["DSS_PEER_RUN_ARGS"] == "--lr 5e-05"
+    assert "DSS_PEER_RECORD" not in plain_env and "STANDIN_DROPOUT" not in plain_env
+
+
+def test_same_start_reaches_every_side(benchmark, tmp_path):
+    args = benchmark.parse_args(["--same-start", "--official", "peer", "--skip-reference",
+                                 "--variants", "fast,fast-torch-epsilon", "--data-dir", "x",
+                                 "--learning-rate", "1e-3"])
+    official, *keras_sides = benchmark._sides(args, ["fast", "fast-torch-epsilon"],
+                                              tmp_path / "r.jsonl", tmp_path / "spm.model",
+                                              tmp_path)
+    env = benchmark.official_env(args, tmp_path / "spm.model", tmp_path)
+    assert env["DSS_PEER_RUN_ARGS"] == "--lr 0.001" and env["STANDIN_DROPOUT"] == "0.0"
+    record = env["DSS_PEER_RECORD"]  # where the hook writes, and each dss-keras side reads
+    for side in keras_sides:
+        command = side.args[0]
+        assert command[command.index("--official-record") + 1] == record
+        assert command[command.index("--learning-rate") + 1] == "0.001"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--same-start", "--variants", "fast"], "give --official"),
+    (["--same-start", "--official", "peer", "--variants", "fast,fast-hf-init"],
+     "other weights than the checkpoint's.*fast-hf-init"),
+])
+def test_same_start_without_a_shared_start_is_refused_before_any_work(
+        benchmark, monkeypatch, argv, message):
+    monkeypatch.setattr(benchmark, "prepare_inputs", lambda *args: pytest.fail("prepared"))
+    with pytest.raises(SystemExit, match=message):
+        benchmark.main(argv + ["--skip-reference"])
+
+
+def test_torch_epsilon_is_pytorch_adamw(benchmark):
+    """`fast-torch-epsilon`: PyTorch's AdamW update, where Keras' epsilon is 31.6x larger."""
+    import keras
+    import tensorflow as tf
+
+    from dss_keras.optimizers import AdamW
+
+    gradients = [np.array([3e-9, -1e-8, 2e-6, 0.5], "float32"),
+                 np.array([1e-8, 1e-8, -3e-6, 0.2], "float32"),
+                 np.array([-2e-8, 4e-9, 1e-6, -0.1], "float32")]
+    lr, eps, (b1, b2) = 0.01, 1e-8, (0.9, 0.999)
+    expected, m, v = np.zeros(4), np.zeros(4), np.zeros(4)
+    for t, g in enumerate(gradients, start=1):  # torch.optim.AdamW, weight decay 0
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g.astype("float64") ** 2
+        expected -= lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+    for torch_epsilon in (True, False):
+        optimizer = AdamW(learning_rate=lr, epsilon=eps, weight_decay=0.0)
+        if torch_epsilon:
+            benchmark.use_torch_epsilon(optimizer)
+        weight = keras.Variable(np.zeros(4, "float32"))
+        for g in gradients:
+            optimizer.apply([tf.constant(g)], [weight])
+        close = np.allclose(weight.numpy(), expected, rtol=1e-5, atol=0)
+        assert close == torch_epsilon, (weight.numpy(), expected)
 
 
 # Stand-ins for torch (no CUDA) and transformers' TrainingArguments, which refuses bf16 on a
@@ -157,6 +214,7 @@ def test_the_peer_hook_adds_run_flags_to_their_run_only(tmp_path, script, extra,
            "PYTHONPATH": os.pathsep.join([os.path.join(REPO, "benchmarks", "official_hooks"),
                                           str(tmp_path)])}
     env.pop("DSS_PEER_TOKEN_COUNTS", None)
+    env.pop("DSS_PEER_RECORD", None)
     done = subprocess.run([sys.executable, str(tmp_path / script), "--dataset", "cqa"],
                           env=env, capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0 and "sitecustomize" not in done.stderr, done.stderr
@@ -204,3 +262,98 @@ def test_the_fast_side_is_the_model_dss_keras_train_builds(benchmark, monkeypatc
     assert "_fuses" not in vars(model.optimizer) and "_clip_gradients" not in vars(model.optimizer)
     assert "make_train_function" not in vars(model) and model.train_function is None
     assert type(model).make_train_function is not keras.Model.make_train_function
+
+
+# Stand-ins for the transformers pieces the hook records with: their Trainer's arguments,
+# model, collator (which just hands the features back) and training step (their
+# `TaskPrefixTrainer.compute_loss`: one model call per task, alpha 0.5).
+FAKE_RECORDED_TRANSFORMERS = """
+import types
+
+class TrainingArguments:
+    def __init__(self, logging_steps=500):
+        self.logging_steps = logging_steps
+        self.__post_init__()
+
+    def __post_init__(self):
+        pass
+
+class T5ForConditionalGeneration:
+    training = True
+
+    def __init__(self):
+        self.config = types.SimpleNamespace(dropout_rate=0.0)
+        self.shared = types.SimpleNamespace(weight=[0])
+        self.lm_head = types.SimpleNamespace(weight=[0])
+
+    @classmethod
+    def from_pretrained(cls, path):
+        return cls()
+
+    def get_input_embeddings(self):
+        return self.shared
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(self, input_ids, labels):
+        return types.SimpleNamespace(loss=float(sum(map(sum, labels))))
+
+    def __call__(self, **inputs):
+        return self.forward(**inputs)
+
+class DataCollatorForSeq2Seq:
+    def __call__(self, features, return_tensors=None):
+        return {key: [f[key] for f in features] for key in features[0]}
+
+class Trainer:
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        return 0.5 * model(**inputs["pred"]).loss + 0.5 * model(**inputs["expl"]).loss
+"""
+THEIR_RECORDED_RUN = """
+import json
+from transformers import DataCollatorForSeq2Seq, T5ForConditionalGeneration, Trainer
+from transformers import TrainingArguments
+arguments = TrainingArguments(logging_steps=250)
+model = T5ForConditionalGeneration.from_pretrained("local/standin")
+collate, trainer = DataCollatorForSeq2Seq(), Trainer()
+for step in range(2):
+    pred = collate([{"input_ids": [5, step, 1], "labels": [7, 1]},
+                    {"input_ids": [6, 1], "labels": [8, 9, 1]}])
+    expl = collate([{"input_ids": [4, 5, step, 1], "labels": [3, 3, 1]},
+                    {"input_ids": [4, 6, 1], "labels": [2, 1]}])
+    trainer.training_step(model, {"pred": pred, "expl": expl})
+print(json.dumps(arguments.logging_steps))
+"""
+
+
+@pytest.mark.parametrize("script", ["bench_run.py", "other.py"])
+def test_the_peer_hook_records_their_start_batches_and_losses(tmp_path, script):
+    for name, source in (("torch", FAKE_TORCH), ("transformers", FAKE_RECORDED_TRANSFORMERS)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(source)
+    (tmp_path / script).write_text(THEIR_RECORDED_RUN)
+    record = tmp_path / "record"
+    record.mkdir()
+    env = {**os.environ, "DSS_PEER_RECORD": str(record),
+           "PYTHONPATH": os.pathsep.join([os.path.join(REPO, "benchmarks", "official_hooks"),
+                                          str(tmp_path)])}
+    for name in ("DSS_PEER_TOKEN_COUNTS", "DSS_PEER_RUN_ARGS", "DSS_PEER_ARGV_OUT"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, str(tmp_path / script)], env=env,
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0 and "sitecustomize" not in done.stderr, done.stderr
+    if script != "bench_run.py":  # only the authors' training process
+        assert json.loads(done.stdout) == 250 and not any(record.iterdir())
+        return
+    assert json.loads(done.stdout) == 1  # their Trainer logs every step's loss
+    assert json.loads((record / "checkpoint.json").read_text()) == {
+        "path": str(tmp_path / "local" / "standin"), "dropout_rate": 0.0,
+        "head_is_embedding": False}
+    calls = [json.loads(line) for line in (record / "batches.jsonl").read_text().splitlines()]
+    assert calls[0] == {"input_ids": [[5, 0, 1], [6, 1]], "labels": [[7, 1], [8, 9, 1]]}
+    assert calls[3] == {"input_ids": [[4, 5, 1, 1], [4, 6, 1]], "labels": [[3, 3, 1], [2, 1]]}
+    assert len(calls) == 4  # a step: the label task's call, then the rationale task's
+    losses = [json.loads(line) for line in (record / "losses.jsonl").read_text().splitlines()]
+    assert losses == [{"loss": 0.5 * 26 + 0.5 * 10, "task_losses": [26.0, 10.0]}] * 2
+
