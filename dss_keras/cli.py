@@ -597,6 +597,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _needs_tensorflow(args) -> bool:
+    """Every command but `extract` from an endpoint, which only talks HTTP (no TensorFlow)."""
+    return not (args.command == "extract" and args.backend == "openai")
+
+
 def _prepare_tensorflow(verbose: bool) -> None:
     """Fast CPU settings and quiet logs, set before TensorFlow loads."""
     from dss_keras.tf_fast_path.cpu_runtime import use_fast_cpu_runtime
@@ -664,7 +669,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
         args.verbose = getattr(args, "verbose", False)
-        _prepare_tensorflow(args.verbose)
+        if _needs_tensorflow(args):
+            _prepare_tensorflow(args.verbose)
+        else:
+            logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     except KeyboardInterrupt:
         return _interrupted(_traceback_asked(args))
     return _reporting_errors(lambda: args.run(args), _traceback_asked(args))

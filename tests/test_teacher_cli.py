@@ -160,3 +160,25 @@ def test_the_readme_journey_through_the_command_line(tmp_path, capsys):
                                "The strap snapped on the first day.")
     assert status == 0, err
     assert len(out.splitlines()) == 1  # one label, from the served graph
+
+
+def test_extract_from_an_endpoint_runs_where_tensorflow_cannot_be_imported(tmp_path):
+    """The teacher only talks HTTP: `extract` neither needs nor loads TensorFlow or Keras."""
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "blocker"
+    for name in ("tensorflow", "keras"):
+        (blocker / name).mkdir(parents=True)
+        (blocker / name / "__init__.py").write_text(f"raise ImportError('{name} is blocked')\n")
+    inputs = write_nli_inputs(tmp_path / "in.jsonl", 4)
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(ROOT)]),
+                   "OPENAI_API_KEY": "test"}
+    with FakeOpenAIServer(complete=nli_complete) as server:
+        done = subprocess.run(
+            [sys.executable, "-m", "dss_keras.cli", "extract", "--task", "esnli", "--input",
+             str(inputs), "--output", str(tmp_path / "out.jsonl"), "--model", "gpt-x",
+             "--base-url", server.base_url],
+            env=environment, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(read_records(tmp_path / "out.jsonl")) == 4
