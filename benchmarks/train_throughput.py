@@ -81,7 +81,7 @@ PLAIN = dict(logits_at_targets_only=False, shared_encoder_pass=False, cache_toke
              one_pass_clip=False, malloc_arenas=None, autodiff_gelu=False, pad_to_multiple_of=16,
              autodiff_norm=False, autodiff_attention=False, autodiff_feed_forward=False,
              tf_cross_entropy=False, scaled_clip=False, glibc_mmap_threshold=False,
-             torch_epsilon=False)
+             keras_epsilon=False)
 # What `dss-keras train` and the recipes run (`dss_keras.tf_fast_path.cpu_runtime` included: oneDNN
 # kernels, TF_ENABLE_ONEDNN_OPTS=1, which pool CPU memory themselves; else the BFC allocator):
 # both tasks' examples packed four to a row, one encoder and one decoder call per step.
@@ -163,11 +163,11 @@ VARIANTS = {
     "fast-exact-lengths": dict(FAST, pad_to_multiple_of=1),
     # The official stand-in's LM head init (Hugging Face's std 1.0, logits of std ~20).
     "fast-hf-init": dict(FAST, lm_head_std=1.0),
-    # Adam's epsilon added where PyTorch adds it, to the bias-corrected root of the second
-    # moment; Keras (and `dss_keras.optimizers.AdamW`) adds it before the bias correction,
-    # an epsilon 1 / sqrt(1 - beta_2 ** t) times larger (31.6x at the first step). Moves
-    # only weights whose gradients are near epsilon (`--same-start` tells the difference).
-    "fast-torch-epsilon": dict(FAST, torch_epsilon=True),
+    # Adam's epsilon added where Keras adds it, to the root of the second moment before the
+    # bias correction: an epsilon 1 / sqrt(1 - beta_2 ** t) times larger than the authors'
+    # PyTorch AdamW (31.6x at the first step). Moves only weights whose gradients are near
+    # epsilon (`--same-start` tells the difference).
+    "fast-keras-epsilon": dict(FAST, keras_epsilon=True),
 }
 NARROW_BUCKETS = [16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 112, 128, 144, 160, 176, 200,
                   224, 256, 288, 320, 360, 408, 456]
@@ -293,7 +293,8 @@ def benchmark_config(options: dict, steps: int, batch_size: int, bf16: bool = Fa
 
     return TrainConfig(
         learning_rate=learning_rate, lr_schedule="linear", steps=steps, adam_epsilon=1e-8,
-        clip_global_norm=1.0, batch_size=batch_size, max_input_length=MAX_LENGTH,
+        adam_epsilon_placement="pytorch", clip_global_norm=1.0, batch_size=batch_size,
+        max_input_length=MAX_LENGTH,
         max_label_length=MAX_LENGTH, max_rationale_length=MAX_LENGTH,
         rematerialize=options["rematerialize"], examples_per_row=options["examples_per_row"],
         jit_compile=str(options["jit_compile"]).lower(),  # "auto": XLA on GPUs only
@@ -359,8 +360,8 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
     if not options["one_pass_clip"]:  # Keras' own global-norm clipping
         optimizer._clip_gradients = functools.partial(keras.optimizers.AdamW._clip_gradients,
                                                       optimizer)
-    if options["torch_epsilon"]:
-        use_torch_epsilon(optimizer)
+    if options["keras_epsilon"]:
+        optimizer.epsilon_placement = "keras"
     if options["scaled_clip"]:
         def scaled_gradients(grads):
             factor = clip_factor(grads, config.clip_global_norm)
@@ -383,26 +384,6 @@ def build_variant(proto: bytes, records, options: dict, steps: int, batch_size: 
         cache_tokens=options["cache_tokens"], bounded_shapes=bool(model.jit_compile),
     )
     return model, dataset
-
-
-def use_torch_epsilon(optimizer) -> None:
-    """`dss_keras.optimizers.AdamW`'s fused update with epsilon where PyTorch's AdamW adds it.
-
-    PyTorch divides by `sqrt(v / (1 - beta_2 ** t)) + epsilon`; Keras' kernel by
-    `sqrt(v) + epsilon` with the bias correction in the learning rate, which is the same
-    with `epsilon * sqrt(1 - beta_2 ** t)` handed to the kernel.
-    """
-    import tensorflow as tf
-
-    kernel_scalars = optimizer._kernel_scalars
-
-    def torch_epsilon(*args):
-        scalars = kernel_scalars(*args)
-        step = tf.cast(optimizer.iterations + 1, "float64")
-        beta_2 = tf.constant(float(optimizer.beta_2), "float64")
-        return {**scalars, "epsilon": scalars["epsilon"] * tf.sqrt(1.0 - beta_2 ** step)}
-
-    optimizer._kernel_scalars = torch_epsilon
 
 
 def run_keras(args) -> dict:

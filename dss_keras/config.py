@@ -57,6 +57,8 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 """`tf.distribute` strategies a run trains under (see `dss_keras.strategies`)."""
 
 LR_SCHEDULES = ("constant", "linear")
+EPSILON_PLACEMENTS = ("keras", "pytorch")
+"""Where AdamW adds epsilon: before the bias correction (Keras), or after it (PyTorch)."""
 """Learning rate over the optimizer steps: constant, or linear decay to 0 (no warm-up)."""
 
 SEARCHES = ("random", "bayesian", "grid")
@@ -164,6 +166,9 @@ class TrainConfig:
     weight_decay: float = _field(0.0, "AdamW weight decay")
     adam_epsilon: float = _field(
         1e-7, "AdamW epsilon (Keras' default; the Hugging Face Trainer uses 1e-8)")
+    adam_epsilon_placement: str = _field(
+        "keras", "where AdamW adds epsilon: 'keras' (to sqrt(v), before the bias correction) "
+        "or 'pytorch' (after it, as the authors' PyTorch AdamW)", EPSILON_PLACEMENTS)
     clip_global_norm: float = _field(
         0.0, "clip the gradient of the global batch to this global norm (0: off; the Hugging "
         "Face Trainer clips at 1.0)")

@@ -68,6 +68,7 @@ PAPER_SETTINGS: Mapping[str, Any] = types.MappingProxyType(
         "lr_schedule": "linear",
         "weight_decay": 0.0,
         "adam_epsilon": 1e-8,
+        "adam_epsilon_placement": "pytorch",
         "clip_global_norm": 1.0,
         "batch_size": 64,
         "gradient_accumulation_steps": 1,

@@ -122,6 +122,7 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
         learning_rate=learning_rate,
         weight_decay=config.weight_decay,
         epsilon=config.adam_epsilon,
+        epsilon_placement=config.adam_epsilon_placement,
         global_clipnorm=config.clip_global_norm or None,
         gradient_accumulation_steps=accumulation if accumulation > 1 else None,
     )

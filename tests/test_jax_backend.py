@@ -28,7 +28,8 @@ SETTINGS = {
     "model": dict(max_input_length=48, max_label_length=4, max_rationale_length=16),
     # The authors' optimizer: linear decay, clipping at global norm 1.0, epsilon 1e-8.
     "optimizer": dict(learning_rate=3e-3, lr_schedule="linear", steps=STEPS, eval_every=STEPS,
-                      adam_epsilon=1e-8, clip_global_norm=1.0),
+                      adam_epsilon=1e-8, adam_epsilon_placement="pytorch",
+                      clip_global_norm=1.0),
     "texts": ["Ana has 3 cups. Then Ana finds 2 more. How many cups does Ana have now?",
               "Gus has 9 rocks. Then Gus lends 4 to Dee. How many rocks does Gus have now?"],
 }
@@ -234,7 +235,8 @@ def test_the_package_trains_where_tensorflow_is_not_installed(tmp_path):
         "m = model.DistillStepByStep(lm, max_input_length=16, max_label_length=4,\n"
         "                            max_rationale_length=8)\n"
         "m.compile(optimizer=training.make_optimizer(dss_keras.TrainConfig(\n"
-        "    lr_schedule='linear', clip_global_norm=1.0, adam_epsilon=1e-8, steps=3)))\n"
+        "    lr_schedule='linear', clip_global_norm=1.0, adam_epsilon=1e-8,\n"
+        "    adam_epsilon_placement='pytorch', steps=3)))\n"
         "rng = np.random.default_rng(0)\n"
         "def task(n):\n"
         "    ids = lambda length: rng.integers(3, 100, (4, length)).astype('int32')\n"

@@ -170,7 +170,54 @@ def test_the_recipes_train_with_the_authors_optimizer():
             config.weight_decay) == ("linear", 1.0, 1e-8, 0.0)
     optimizer = make_optimizer(config)
     assert optimizer.epsilon == 1e-8 and optimizer.global_clipnorm == 1.0
+    assert optimizer.epsilon_placement == "pytorch"
     assert optimizer._learning_rate.decay_steps == config.steps
+
+
+def _pytorch_adamw(gradients, lr, eps, b1=0.9, b2=0.999):
+    """`torch.optim.AdamW` with weight decay 0, in float64: the weight after `gradients`."""
+    weight, m, v = np.zeros(len(gradients[0])), 0.0, 0.0
+    for t, g in enumerate(gradients, start=1):
+        g = np.asarray(g, "float64")
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g ** 2
+        weight -= lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+    return weight
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_epsilon_placement_pytorch_is_the_authors_adamw(fused):
+    """Gradients near epsilon tell the placements apart (Keras' is 31.6x larger at step 1)."""
+    gradients = [np.array([3e-9, -1e-8, 2e-6, 0.5], "float32"),
+                 np.array([1e-8, 1e-8, -3e-6, 0.2], "float32"),
+                 np.array([-2e-8, 4e-9, 1e-6, -0.1], "float32")]
+    expected = _pytorch_adamw(gradients, lr=0.01, eps=1e-8)
+    for placement in ("pytorch", "keras"):
+        optimizer = optimizers.AdamW(learning_rate=0.01, epsilon=1e-8, weight_decay=0.0,
+                                     epsilon_placement=placement)
+        if not fused:  # Keras' own update, as under a strategy or off TensorFlow
+            optimizer._fuses = lambda variable: False
+        weight = keras.Variable(np.zeros(4, "float32"))
+        for g in gradients:
+            optimizer.apply([tf.constant(g)], [weight])
+        close = np.allclose(weight.numpy(), expected, rtol=1e-5, atol=0)
+        assert close == (placement == "pytorch"), (placement, weight.numpy(), expected)
+        if placement == "keras":  # and Keras' placement is Keras' AdamW
+            reference = keras.optimizers.AdamW(learning_rate=0.01, epsilon=1e-8,
+                                               weight_decay=0.0)
+            other = keras.Variable(np.zeros(4, "float32"))
+            for g in gradients:
+                reference.apply([tf.constant(g)], [other])
+            np.testing.assert_allclose(weight.numpy(), other.numpy(), rtol=1e-4)
+
+
+def test_epsilon_placement_is_saved_and_checked():
+    optimizer = optimizers.AdamW(epsilon_placement="pytorch")
+    restored = optimizers.AdamW.from_config(optimizer.get_config())
+    assert restored.epsilon_placement == "pytorch"
+    with pytest.raises(ValueError, match="epsilon_placement"):
+        optimizers.AdamW(epsilon_placement="torch")
+    with pytest.raises(ValueError, match="adam_epsilon_placement"):
+        TrainConfig(adam_epsilon_placement="torch")
 
 
 def test_settings_that_keep_older_runs_unchanged():

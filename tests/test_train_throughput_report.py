@@ -119,9 +119,9 @@ def test_bf16_reaches_every_side(benchmark, tmp_path):
 
 def test_same_start_reaches_every_side(benchmark, tmp_path):
     args = benchmark.parse_args(["--same-start", "--official", "peer", "--skip-reference",
-                                 "--variants", "fast,fast-torch-epsilon", "--data-dir", "x",
+                                 "--variants", "fast,fast-keras-epsilon", "--data-dir", "x",
                                  "--learning-rate", "1e-3"])
-    official, *keras_sides = benchmark._sides(args, ["fast", "fast-torch-epsilon"],
+    official, *keras_sides = benchmark._sides(args, ["fast", "fast-keras-epsilon"],
                                               tmp_path / "r.jsonl", tmp_path / "spm.model",
                                               tmp_path)
     env = benchmark.official_env(args, tmp_path / "spm.model", tmp_path)
@@ -143,32 +143,6 @@ def test_same_start_without_a_shared_start_is_refused_before_any_work(
     monkeypatch.setattr(benchmark, "prepare_inputs", lambda *args: pytest.fail("prepared"))
     with pytest.raises(SystemExit, match=message):
         benchmark.main(argv + ["--skip-reference"])
-
-
-def test_torch_epsilon_is_pytorch_adamw(benchmark):
-    """`fast-torch-epsilon`: PyTorch's AdamW update, where Keras' epsilon is 31.6x larger."""
-    import keras
-    import tensorflow as tf
-
-    from dss_keras.optimizers import AdamW
-
-    gradients = [np.array([3e-9, -1e-8, 2e-6, 0.5], "float32"),
-                 np.array([1e-8, 1e-8, -3e-6, 0.2], "float32"),
-                 np.array([-2e-8, 4e-9, 1e-6, -0.1], "float32")]
-    lr, eps, (b1, b2) = 0.01, 1e-8, (0.9, 0.999)
-    expected, m, v = np.zeros(4), np.zeros(4), np.zeros(4)
-    for t, g in enumerate(gradients, start=1):  # torch.optim.AdamW, weight decay 0
-        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g.astype("float64") ** 2
-        expected -= lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
-    for torch_epsilon in (True, False):
-        optimizer = AdamW(learning_rate=lr, epsilon=eps, weight_decay=0.0)
-        if torch_epsilon:
-            benchmark.use_torch_epsilon(optimizer)
-        weight = keras.Variable(np.zeros(4, "float32"))
-        for g in gradients:
-            optimizer.apply([tf.constant(g)], [weight])
-        close = np.allclose(weight.numpy(), expected, rtol=1e-5, atol=0)
-        assert close == torch_epsilon, (weight.numpy(), expected)
 
 
 # Stand-ins for torch (no CUDA) and transformers' TrainingArguments, which refuses bf16 on a
@@ -246,6 +220,7 @@ def test_the_fast_side_is_the_model_dss_keras_train_builds(benchmark, monkeypatc
     changed = {f.name for f in dataclasses.fields(TrainConfig)
                if getattr(config, f.name) != getattr(TrainConfig(), f.name)}
     assert changed <= {"learning_rate", "lr_schedule", "steps", "adam_epsilon",
+                       "adam_epsilon_placement",
                        "clip_global_norm", "batch_size", "max_input_length", "max_label_length",
                        "max_rationale_length"}  # the authors' optimizer and budgets
     shape = {k: v for k, v in benchmark.SHAPE.items() if k != "vocabulary_size"}
