@@ -25,7 +25,8 @@ OTHER_VALUES = {
     "jit_compile": "true", "rematerialize": "true", "examples_per_row": "2",
     "strategy": "mirrored",
     "lr_schedule": "linear",
-    "adam_epsilon": "1e-06", "clip_global_norm": "0.5", "seed": "5", "metric": "equation", "eval_batch_size": "17",
+    "adam_epsilon": "1e-06", "adam_epsilon_placement": "pytorch", "clip_global_norm": "0.5",
+    "seed": "5", "metric": "equation", "eval_batch_size": "17",
     "run_dir": "runs/other",
 }
 
@@ -112,7 +113,8 @@ def test_every_recipe_flag_changes_the_config_or_fails(capsys):
         return cli.parse_recipe_flags(recipe, argv)[0]
 
     refused = check_every_flag(parse, parser, recipe.config(), capsys,
-                               {**OTHER_VALUES, "lr_schedule": "constant"})
+                               {**OTHER_VALUES, "lr_schedule": "constant",
+                                "adam_epsilon_placement": "keras"})
     # The tiny model's flags do not apply to the paper's preset.
     assert sorted(refused) == ["dropout", "hidden_dim", "intermediate_dim", "num_heads",
                                "num_layers", "vocabulary_size"]
