@@ -51,7 +51,8 @@ def _hold_lock(path):
     """A second process that holds the output's lock until killed."""
     code = ("import fcntl, os, sys, time\n"
             "fd = os.open(sys.argv[1] + '.lock', os.O_RDWR | os.O_CREAT)\n"
-            "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode())\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX); os.ftruncate(fd, 0)\n"
+            "os.write(fd, str(os.getpid()).encode())\n"
             "print('locked', flush=True); time.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE)
     assert holder.stdout.readline().strip() == b"locked"
