@@ -13,9 +13,6 @@
         --base-url http://localhost:11434/v1
     python recipes/cqa.py --data-dir path/to/datasets     (see `run_recipe`)
 
-This module is longer than the others on purpose: it is the one place where
-flags are defined, so that a flag means the same in every command.
-
 Each subcommand parses its flags and calls one library function. `train`,
 `tune` and the recipes take their run settings from `TrainConfig.add_flags`,
 so a flag means the same everywhere. TensorFlow's C++ logs are off unless
