@@ -4,22 +4,16 @@ The benchmark itself runs on a GPU machine (`benchmarks/gpu_train_step.py`);
 its `--dry-run` checks the rest on a CPU in minutes, too long for the suite.
 """
 
-import importlib.util
-import os
 
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "gpu_train_step", os.path.join(REPO, "benchmarks", "gpu_train_step.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_train_step")
 
 
 def test_carried_batches_are_the_pipelines_bounded_batches(benchmark, tmp_path):

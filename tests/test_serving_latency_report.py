@@ -1,6 +1,5 @@
 """The serving benchmark: its floor counts, its comparisons, and one tiny run end to end."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -8,19 +7,11 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCHMARKS = os.path.join(REPO, "benchmarks")
+from benchmark_scripts import BENCHMARKS, REPO, load_benchmark as load
 KEYS = {"side", "p50_ms", "p95_ms", "examples_per_second", "floor_examples_per_second",
         "labels_changed"}
 
 
-def load(name):
-    sys.path.insert(0, BENCHMARKS)
-    spec = importlib.util.spec_from_file_location(name, os.path.join(BENCHMARKS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -1,25 +1,19 @@
 """The throughput benchmark's report: ratios against the first side of each round."""
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmark_scripts import REPO, load_benchmark
 
 
 @pytest.fixture(scope="module")
 def benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "train_throughput", os.path.join(REPO, "benchmarks", "train_throughput.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("train_throughput")
 
 
 def _side(side, examples_per_second, peak_rss_mb, round_number):
