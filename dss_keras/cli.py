@@ -599,13 +599,15 @@ def _needs_tensorflow(args) -> bool:
     return not (args.command == "extract" and args.backend == "openai")
 
 
-def _prepare_tensorflow(verbose: bool) -> None:
-    """Fast CPU settings and quiet logs, set before TensorFlow loads."""
-    from dss_keras.tf_fast_path.cpu_runtime import use_fast_cpu_runtime
-    from dss_keras.quiet import quiet_tensorflow
+def _prepare_tensorflow(verbose: bool, tensorflow: bool = True) -> None:
+    """Log levels and, for a command that uses TensorFlow, fast CPU settings and quiet
+    logs, set before TensorFlow loads."""
+    if tensorflow:
+        from dss_keras.tf_fast_path.cpu_runtime import use_fast_cpu_runtime
+        from dss_keras.quiet import quiet_tensorflow
 
-    use_fast_cpu_runtime(warn=False)  # `main()` called again in one process: no news
-    quiet_tensorflow(verbose)
+        use_fast_cpu_runtime(warn=False)  # `main()` called again in one process: no news
+        quiet_tensorflow(verbose)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
 
 
@@ -666,10 +668,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
         args.verbose = getattr(args, "verbose", False)
-        if _needs_tensorflow(args):
-            _prepare_tensorflow(args.verbose)
-        else:
-            logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+        _prepare_tensorflow(args.verbose, tensorflow=_needs_tensorflow(args))
     except KeyboardInterrupt:
         return _interrupted(_traceback_asked(args))
     return _reporting_errors(lambda: args.run(args), _traceback_asked(args))
