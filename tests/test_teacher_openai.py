@@ -1,8 +1,11 @@
 """The OpenAI-compatible backend and the extraction loop against a loopback server."""
 
+import asyncio
 import json
+import logging
 
 import pytest
+from openai.types.chat import ChatCompletion
 
 from dss_keras.teacher import extract
 from dss_keras.teacher.backends.openai_compatible import OpenAIBackend, TeacherError
@@ -114,3 +117,49 @@ def test_api_key_comes_from_the_environment_only(monkeypatch, tmp_path):
         report = extract(inputs, tmp_path / "out.jsonl", "esnli", backend)
     assert "sk-secret" not in (tmp_path / "out.jsonl").read_text()
     assert "sk-secret" not in str(report) + repr(vars(backend))
+
+
+class _InstantClient:
+    """An in-process client whose requests finish within one loop turn: the
+    moment a cancellation is most easily lost."""
+
+    def __init__(self, late_requests):
+        self.closed, self.late_requests = False, late_requests
+
+    async def post(self, path, cast_to, body):
+        if self.closed:
+            self.late_requests.append(path)
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        await asyncio.sleep(0)
+        return _INSTANT_REPLY
+
+    async def close(self):
+        self.closed = True
+
+
+_INSTANT_REPLY = ChatCompletion.model_validate({
+    "id": "r", "object": "chat.completion", "created": 0, "model": "m",
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    "choices": [{"index": 0, "finish_reason": "stop",
+                 "message": {"role": "assistant", "content": "Answer: yes"}}]})
+
+
+def test_a_consumer_that_stops_early_stops_every_request(caplog):
+    # A consumer that fails (a full disk, Ctrl-C) closes the generator while
+    # eight requests are in flight. No request may start after the client has
+    # closed, nor anything reach asyncio's error log. Each round is a race;
+    # before the fix, a few of 300 rounds lost it.
+    late_requests = []
+
+    class Backend(OpenAIBackend):
+        def client(self, sync=False):
+            return _InstantClient(late_requests)
+
+    prompts = [[{"role": "user", "content": "q"}]] * 100
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        for _ in range(300):
+            answers = Backend("m", base_url="http://unused", concurrency=8).iter_generate(prompts)
+            assert [next(answers)[1].error for _ in range(4)] == [None] * 4
+            answers.close()
+    assert late_requests == []
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []

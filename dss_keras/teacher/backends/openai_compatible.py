@@ -251,15 +251,22 @@ class OpenAIBackend(Backend):
                 for i in indices:
                     await answer(i)
 
+            workers = []
             try:
                 first = next(indices, None)
                 if first is not None:
                     await answer(first)  # alone: what the endpoint refuses is learnt once
                     while not probed.is_set():  # and read (counted, written) before the rest
                         await asyncio.sleep(0.002)
-                    await asyncio.gather(*(worker() for _ in range(
-                        min(self.concurrency, len(prompts) - 1))))
+                    workers = [asyncio.create_task(worker()) for _ in range(
+                        min(self.concurrency, len(prompts) - 1))]
+                    await asyncio.gather(*workers)
             finally:
+                # Every worker ends before the client closes: `gather` returns
+                # at the first worker that fails or is cancelled.
+                for task in workers:
+                    task.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
                 await client.close()
 
         def main():
@@ -279,7 +286,10 @@ class OpenAIBackend(Backend):
                 probed.set()
         finally:
             if thread.is_alive() and "loop" in state:
-                state["loop"].call_soon_threadsafe(state["task"].cancel)
+                try:
+                    state["loop"].call_soon_threadsafe(state["task"].cancel)
+                except RuntimeError:  # the loop closed meanwhile: nothing left to stop
+                    pass
             thread.join(timeout=10)
 
     async def _generate_one(self, client, prompt, n, temperature, max_tokens, stop):
@@ -354,10 +364,12 @@ class OpenAIBackend(Backend):
                             if k not in ("model", "messages", "prompt")}
             outcome.attempts += 1
             try:
-                outcome.reply = await asyncio.wait_for(
-                    self._request(client, body, parameters), self.timeout)
+                # `asyncio.timeout`, not `wait_for`: wait_for (3.11) can swallow a
+                # cancellation that arrives as the request completes.
+                async with asyncio.timeout(self.timeout):
+                    outcome.reply = await self._request(client, body, parameters)
                 return outcome
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 error = _Retryable(f"deadline of {self.timeout:g} s passed", unanswered=True)
             except _Retryable as e:
                 error = e
