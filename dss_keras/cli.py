@@ -43,6 +43,7 @@ import json  # noqa: E402
 import logging  # noqa: E402
 from typing import Sequence  # noqa: E402
 
+from dss_keras import interrupts  # noqa: E402
 from dss_keras.config import (  # noqa: E402
     DEFAULT_ALPHAS,
     DEFAULT_TRAIN_FRACTIONS,
@@ -550,9 +551,15 @@ def run_recipe(recipe, argv: Sequence[str] | None = None,
         argv: The flags (`sys.argv[1:]` when `None`); `--help` lists them.
         description: The `--help` text, e.g. the recipe file's docstring.
     """
-    config, args = parse_recipe_flags(recipe, argv, description)
-    _prepare_tensorflow(args.verbose)
-    return _reporting_errors(lambda: _run_recipe(recipe, config, args), args.traceback)
+    args = None
+    try:
+        with interrupts.recording_ctrl_c():
+            config, args = parse_recipe_flags(recipe, argv, description)
+            _prepare_tensorflow(args.verbose)
+            interrupts.raise_if_interrupted()
+            return _reporting_errors(lambda: _run_recipe(recipe, config, args), args.traceback)
+    except KeyboardInterrupt:
+        return _interrupted(_traceback_asked(args))
 
 
 def _run_recipe(recipe, config: TrainConfig, args) -> int:
@@ -640,10 +647,15 @@ def _reporting_errors(run, traceback: bool) -> int:
     """Runs `run()`; a failure becomes one `dss-keras: error: ...` line and exit status 1."""
     traceback = traceback or _traceback_asked()
     try:
-        return run()
+        with interrupts.recording_ctrl_c():
+            status = run()
+            interrupts.raise_if_interrupted()  # a Ctrl-C that Python dropped on the way
+        return status
     except KeyboardInterrupt:
         return _interrupted(traceback)
     except Exception as error:
+        if interrupts.received():  # a Ctrl-C that a library turned into another error
+            return _interrupted(traceback)
         if traceback:
             raise
         print(f"dss-keras: error: {_message(error)}", file=sys.stderr)
@@ -660,18 +672,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     returns 130.
     """
     args = None
+    if signal.getsignal(signal.SIGINT) is _keep_interrupt:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        if signal.getsignal(signal.SIGINT) is _keep_interrupt:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        if _EARLY_INTERRUPTS:
-            raise KeyboardInterrupt
-        parser = build_parser()
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-        args.verbose = getattr(args, "verbose", False)
-        _prepare_tensorflow(args.verbose, tensorflow=_needs_tensorflow(args))
+        with interrupts.recording_ctrl_c():  # from here to the end: none is lost
+            if _EARLY_INTERRUPTS:
+                raise KeyboardInterrupt
+            parser = build_parser()
+            args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+            args.verbose = getattr(args, "verbose", False)
+            _prepare_tensorflow(args.verbose, tensorflow=_needs_tensorflow(args))
+            interrupts.raise_if_interrupted()
+            return _reporting_errors(lambda: args.run(args), _traceback_asked(args))
     except KeyboardInterrupt:
         return _interrupted(_traceback_asked(args))
-    return _reporting_errors(lambda: args.run(args), _traceback_asked(args))
 
 
 if __name__ == "__main__":

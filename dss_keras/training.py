@@ -29,11 +29,12 @@ import logging
 import math
 import os
 import time
+import warnings
 from typing import TYPE_CHECKING, Sequence
 
 import keras
 
-from dss_keras import backbones, vocabulary
+from dss_keras import backbones, interrupts, vocabulary
 from dss_keras.backup import Backup, BackupCallback
 from dss_keras.config import TINY_PRESET, TrainConfig
 from dss_keras.data import splits as splitting
@@ -195,6 +196,20 @@ class FitResult:
     validation: object = None
 
 
+class _StopAtCtrlC(keras.callbacks.Callback):
+    """Ends `fit` at the next step after a Ctrl-C, even one Python dropped
+    (`dss_keras.interrupts`); the backup keeps what was trained."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        interrupts.raise_if_interrupted()
+
+    def on_test_batch_end(self, batch, logs=None):
+        interrupts.raise_if_interrupted()
+
+    def on_epoch_end(self, epoch, logs=None):
+        interrupts.raise_if_interrupted()
+
+
 def training_records(config: TrainConfig, train_records: Sequence[Record]) -> list[Record]:
     """The subset that trains: `train_fraction` of the split, picked by `seed`."""
     return splitting.take_fraction(train_records, config.train_fraction, seed=config.seed)
@@ -326,7 +341,7 @@ def fit(
     # makes), so a resumed fit goes on with the batches the interrupted one had not reached.
     dataset = _shard_by_data(dataset.skip(initial_epoch * steps_per_epoch))
     logger.info("Training data: %s", report)
-    run_callbacks: list = []
+    run_callbacks: list = [_StopAtCtrlC()]
     validation_dataset = evaluation = None
     if splits.validation:
         with strategy.scope():
@@ -344,11 +359,17 @@ def fit(
     if log_dir and chief:
         run_callbacks.append(keras.callbacks.TensorBoard(log_dir))
     start = time.perf_counter()
-    keras_history = model.fit(
-        dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, initial_epoch=initial_epoch,
-        validation_data=validation_dataset, callbacks=[*run_callbacks, *callbacks],
-        verbose=verbose,
-    )
+    with warnings.catch_warnings():
+        # Keras says "Your input ran out of data" at the end of each validation pass
+        # over a dataset of unknown length (bucketed batches); the training data
+        # repeats, so the warning never means more here.
+        warnings.filterwarnings("ignore", message="Your input ran out of data",
+                                category=UserWarning)
+        keras_history = model.fit(
+            dataset, epochs=epochs, steps_per_epoch=steps_per_epoch,
+            initial_epoch=initial_epoch, validation_data=validation_dataset,
+            callbacks=[*run_callbacks, *callbacks], verbose=verbose,
+        )
     if backup is not None:
         history, train_seconds = backup.history, backup.train_seconds
         if chief and not keep_backup:
@@ -517,6 +538,7 @@ def _train_in(config: TrainConfig, splits: Splits, strategy, chief: bool,
     if splits.test:
         metrics["test"] = evaluate_labels(
             result.model, splits.test, config.metric, config.eval_batch_size).to_dict()
+    interrupts.raise_if_interrupted()  # a run Ctrl-C reached is never marked finished
     if chief:
         runs.save_finished(config.run_dir, result.model, metrics)
     return TrainResult(config.run_dir, result.model, metrics)

@@ -15,7 +15,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # layer and the ones below it, never one above.
 LAYERS = {
     # 0: settings, files, and the parts that know nothing of the rest of the package.
-    "config": 0, "files": 0, "quiet": 0, "optimizers": 0, "decoding": 0, "metrics": 0,
+    "config": 0, "files": 0, "quiet": 0, "interrupts": 0, "optimizers": 0, "decoding": 0, "metrics": 0,
     "tf_fast_path": 0, "objective": 0, "generation": 0,
     # 1: records and what turns them into tensors; training state on disk.
     "data": 1, "vocabulary": 1, "preprocessor": 1, "backup": 1, "run_lock": 1, "strategies": 1,
@@ -120,8 +120,8 @@ def test_no_import_cycle():
     assert cycles == []
 
 
-@pytest.mark.parametrize("module", ["config", "quiet", "tf_fast_path.cpu_runtime", "quickstart",
-                                    "cli"])
+@pytest.mark.parametrize("module", ["config", "quiet", "interrupts", "tf_fast_path.cpu_runtime",
+                                    "quickstart", "cli"])
 def test_light_modules_import_no_tensorflow(module):
     """The command line parses its flags, and quiets TensorFlow, before TensorFlow loads."""
     import subprocess

@@ -38,6 +38,7 @@ import os
 import time
 from typing import Sequence
 
+from dss_keras import interrupts
 from dss_keras.data.records import (
     Record,
     RecordError,
@@ -344,6 +345,7 @@ class Run:
                     self.sampling.max_tokens, self.template.stop,
                     admit=lambda: not self.spending.exhausted):
                 self.receive(todo[index], generation, prompts, index)
+                interrupts.raise_if_interrupted()
                 if bar is not None:
                     bar.update(1)
         finally:
