@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/python recipes/quickstart.py
 
 test: install-dev
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
