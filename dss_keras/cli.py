@@ -551,15 +551,13 @@ def run_recipe(recipe, argv: Sequence[str] | None = None,
         argv: The flags (`sys.argv[1:]` when `None`); `--help` lists them.
         description: The `--help` text, e.g. the recipe file's docstring.
     """
-    args = None
-    try:
-        with interrupts.recording_ctrl_c():
-            config, args = parse_recipe_flags(recipe, argv, description)
-            _prepare_tensorflow(args.verbose)
-            interrupts.raise_if_interrupted()
-            return _reporting_errors(lambda: _run_recipe(recipe, config, args), args.traceback)
-    except KeyboardInterrupt:
-        return _interrupted(_traceback_asked(args))
+    def parse():
+        config, args = parse_recipe_flags(recipe, argv, description)
+        _prepare_tensorflow(args.verbose)
+        args.config = config
+        return args
+
+    return _as_command(parse, lambda args: _run_recipe(recipe, args.config, args))
 
 
 def _run_recipe(recipe, config: TrainConfig, args) -> int:
@@ -643,23 +641,33 @@ def _traceback_asked(args=None) -> bool:
     return bool(getattr(args, "traceback", False)) or os.environ.get("DSS_KERAS_TRACEBACK") == "1"
 
 
-def _reporting_errors(run, traceback: bool) -> int:
-    """Runs `run()`; a failure becomes one `dss-keras: error: ...` line and exit status 1."""
-    traceback = traceback or _traceback_asked()
+def _as_command(parse, run) -> int:
+    """One command from its first moment to its last: `parse()` reads the flags into
+    `args` (and prepares TensorFlow), then `run(args)` returns the exit status.
+
+    A failure of `run` prints one `dss-keras: error: ...` line and returns 1
+    (`--traceback` raises it instead); a Ctrl-C anywhere, even one that Python
+    dropped or a library turned into another error, prints `dss-keras:
+    interrupted` and returns 130.
+    """
+    args = None
     try:
         with interrupts.recording_ctrl_c():
-            status = run()
-            interrupts.raise_if_interrupted()  # a Ctrl-C that Python dropped on the way
-        return status
+            try:
+                args = parse()
+                interrupts.raise_if_interrupted()
+                status = run(args)
+                interrupts.raise_if_interrupted()  # a Ctrl-C that Python dropped on the way
+                return status
+            except Exception as error:
+                if interrupts.received():  # a Ctrl-C that a library turned into another error
+                    return _interrupted(_traceback_asked(args))
+                if args is None or _traceback_asked(args):
+                    raise
+                print(f"dss-keras: error: {_message(error)}", file=sys.stderr)
+                return 1
     except KeyboardInterrupt:
-        return _interrupted(traceback)
-    except Exception as error:
-        if interrupts.received():  # a Ctrl-C that a library turned into another error
-            return _interrupted(traceback)
-        if traceback:
-            raise
-        print(f"dss-keras: error: {_message(error)}", file=sys.stderr)
-        return 1
+        return _interrupted(_traceback_asked(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -671,21 +679,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     instead. Ctrl-C, however early, prints `dss-keras: interrupted` and
     returns 130.
     """
-    args = None
     if signal.getsignal(signal.SIGINT) is _keep_interrupt:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with interrupts.recording_ctrl_c():  # from here to the end: none is lost
-            if _EARLY_INTERRUPTS:
-                raise KeyboardInterrupt
-            parser = build_parser()
-            args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-            args.verbose = getattr(args, "verbose", False)
-            _prepare_tensorflow(args.verbose, tensorflow=_needs_tensorflow(args))
-            interrupts.raise_if_interrupted()
-            return _reporting_errors(lambda: args.run(args), _traceback_asked(args))
-    except KeyboardInterrupt:
-        return _interrupted(_traceback_asked(args))
+
+    def parse():
+        if _EARLY_INTERRUPTS:  # pressed while the package was still loading
+            raise KeyboardInterrupt
+        args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+        args.verbose = getattr(args, "verbose", False)
+        _prepare_tensorflow(args.verbose, tensorflow=_needs_tensorflow(args))
+        return args
+
+    return _as_command(parse, lambda args: args.run(args))
 
 
 if __name__ == "__main__":
