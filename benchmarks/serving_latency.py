@@ -398,6 +398,28 @@ def comparisons(rows: list[dict], choice_tokens: int) -> list[str]:
                 f"examples/s {many['side']} {many['examples_per_second']:.1f} vs "
                 f"{many_theirs['side']} {many_theirs['examples_per_second']:.1f} "
                 f"({many['examples_per_second'] / many_theirs['examples_per_second']:.2f}x)")
+    lines += targets_against_floors(ours_generating, theirs_label, ours_all[len(ours_generating):],
+                                    theirs_all)
+    return lines
+
+
+def targets_against_floors(generating, theirs_generating, scoring, theirs_all) -> list[str]:
+    """What 3x PyTorch's best asks of each of our sides, as a fraction of that side's floor:
+    above 100%, no program of that side reaches it on this machine."""
+    lines = []
+    for ours, theirs in ((generating, theirs_generating), (scoring, theirs_all)):
+        if not (ours and theirs):
+            continue
+        fast = min(theirs, key=lambda r: r["p50_ms"])
+        many = max(theirs, key=lambda r: r["examples_per_second"])
+        p50, rate = fast["p50_ms"] / 3, 3 * many["examples_per_second"]
+        lines.append(f"3x target against {fast['side']} and {many['side']}: p50 {p50:.1f} ms, "
+                     f"{rate:.1f} examples/s")
+        for row in ours:
+            lines.append(
+                f"  {row['side']}: asks {row['floor_p50_ms'] / p50:.0%} of its batch-1 floor "
+                f"({row['floor_p50_ms']:.1f} ms) and {rate / row['floor_examples_per_second']:.0%} "
+                f"of its batch-32 floor ({row['floor_examples_per_second']:.1f} examples/s)")
     return lines
 
 

@@ -281,9 +281,13 @@ def test_a_frozen_bfloat16_decoder_keeps_its_kernels_transposed(pre, inputs):
 
     half = with_precision(testing.tiny_seq2seq_lm(num_layers=2), "bfloat16")
     plain, frozen = decoding.decoder_for(half), decoding.decoder_for(half, frozen=True)
-    assert plain.variables == [] and len(frozen.variables) == len(frozen.replaced_variables)
-    # Every decoder projection (2 layers x 11) and the output projection.
-    assert len(frozen.variables) == 23
+    assert plain.variables == []
+    # Every decoder projection (2 layers x 11) and the output projection are replaced...
+    assert len(frozen.replaced_variables) == 23
+    # ...by 7 per layer: query-key-value, cross key-value and input-gate each stacked into one.
+    assert len(frozen.variables) == 2 * 7 + 1
+    assert sum(v.shape.num_elements() for v in frozen.variables) == sum(
+        v.shape.num_elements() for v in frozen.replaced_variables)
     args = (inputs["encoder_token_ids"], inputs["encoder_padding_mask"])
     tokens = [decoder.greedy(*args, **settings(pre, 8)).numpy() for decoder in (plain, frozen)]
     assert (tokens[0] == tokens[1]).mean() > 0.9  # bfloat16 products summed in another order

@@ -56,8 +56,9 @@ def test_generation_reads_decoder_weights_every_step_and_scoring_once(floor):
     assert scored < one_step  # every weight once, at 2 bytes
 
 
-def row(side, p50, rate):
-    return {"side": side, "p50_ms": p50, "examples_per_second": rate}
+def row(side, p50, rate, floor_p50=10.0, floor_rate=100.0):
+    return {"side": side, "p50_ms": p50, "examples_per_second": rate, "floor_p50_ms": floor_p50,
+            "floor_examples_per_second": floor_rate}
 
 
 def test_comparisons_at_the_same_precision_and_best_against_best(latency):
@@ -70,6 +71,23 @@ def test_comparisons_at_the_same_precision_and_best_against_best(latency):
                                "vs torch float32 300.0 ms (3.75x)") for line in lines)
     assert any("choose_label bfloat16 vs torch bfloat16 generating the longest choice: 8.00x"
                in line for line in lines)
+
+
+def test_targets_read_as_fractions_of_each_sides_floor(latency):
+    rows = [row("bfloat16", 80, 60, floor_p50=50, floor_rate=100),
+            row("choose_label bfloat16", 20, 90, floor_p50=5, floor_rate=80),
+            row("torch float32", 300, 20), row("torch bfloat16, 6 tokens", 160, 45)]
+    lines = latency.comparisons(rows, 6)
+    # Generation against PyTorch generating the whole label: 100 ms and 60 examples/s.
+    assert ("3x target against torch float32 and torch float32: p50 100.0 ms, "
+            "60.0 examples/s") in lines
+    assert ("  bfloat16: asks 50% of its batch-1 floor (50.0 ms) and 60% of its batch-32 floor "
+            "(100.0 examples/s)") in lines
+    # The scorer against PyTorch's best, generating just the longest choice included.
+    assert ("3x target against torch bfloat16, 6 tokens and torch bfloat16, 6 tokens: p50 53.3 ms, "
+            "135.0 examples/s") in lines
+    assert any(line.startswith("  choose_label bfloat16: asks 9% of its batch-1 floor")
+               and line.endswith("169% of its batch-32 floor (80.0 examples/s)") for line in lines)
 
 
 def test_labels_changed_is_the_worst_measured_run(latency):

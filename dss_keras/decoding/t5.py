@@ -18,8 +18,12 @@ class T5Decoder(Decoder):
     change, bfloat16 kernels of the decoder are kept transposed, `[out, in]`
     (`variables`, in place of `replaced_variables`): with one token per row,
     TensorFlow's oneDNN bfloat16 product runs 1.5-2x faster as `kernel . x`
-    than as `x . kernel`. Float32 and int8 kernels are used as the model
-    holds them.
+    than as `x . kernel`. Kernels that read the same input are stacked into
+    one (self-attention's query, key and value; cross-attention's key and
+    value; the gated feed-forward's input and gate), so that each is one
+    product: with one token per row, one product per matrix costs more than
+    the bytes it reads. Float32 and int8 kernels are used as the model holds
+    them.
     """
 
     def __init__(self, seq2seq_lm, transpose_bfloat16_kernels: bool = False):
@@ -33,13 +37,18 @@ class T5Decoder(Decoder):
         # projection may compute in a lower one (`dss_keras.export_precision`).
         self.dtype = tf.as_dtype(self.backbone.decoder_layer_norm.compute_dtype)
         self._kernels = {}  # id(Dense) -> its kernel, transposed
+        self._stacked = {}  # ids of Dense layers that read one input -> their kernels, stacked
         self._output_kernel = None
         if not transpose_bfloat16_kernels:
             return
+        for group in self._read_together():
+            if all(_plain_bfloat16(dense) and not dense.use_bias for dense in group):
+                self._stacked[tuple(map(id, group))] = self._transposed(
+                    *(dense.kernel for dense in group))
+        stacked = {id_ for ids in self._stacked for id_ in ids}
         for dense in self._projections():
-            kernel = getattr(dense, "kernel", None)
-            if dense.quantization_mode is None and _is_bfloat16(kernel):
-                self._kernels[id(dense)] = self._transposed(kernel)
+            if id(dense) not in stacked and _plain_bfloat16(dense):
+                self._kernels[id(dense)] = self._transposed(dense.kernel)
         embedding = self.backbone.token_embedding
         output = embedding.embeddings if self.backbone.tie_embedding_weights else \
             embedding.reverse_embeddings
@@ -53,12 +62,15 @@ class T5Decoder(Decoder):
         rows = tf.reshape(memory, [-1, memory.shape[-1]])
         batch = tf.shape(memory)[0]
 
-        def heads(dense):
-            projected = self._project(dense, rows)
+        def heads(projected):
             return self._heads(tf.reshape(projected, [batch, -1, projected.shape[-1]]))
 
-        cross = [(heads(layer.cross_attention.key_projector),
-                  heads(layer.cross_attention.value_projector)) for layer in self.layers]
+        cross = [
+            tuple(map(heads, self._project_together(
+                (layer.cross_attention.key_projector, layer.cross_attention.value_projector),
+                rows)))
+            for layer in self.layers
+        ]
         # As KerasHub: masked keys get -1e9 added to their scores.
         mask = tf.cast(padding_mask, memory.dtype)[:, None, None, :]
         cross_bias = (1.0 - mask) * -1e9
@@ -89,12 +101,11 @@ class T5Decoder(Decoder):
         for layer, (keys, values), (cross_keys, cross_values) in zip(self.layers, cache, cross):
             attention = layer.self_attention
             h = run(layer.self_attention_layer_norm, x)
-            keys = tf.concat([keys, self._one_position(project(attention.key_projector, h))],
-                             axis=2)
-            values = tf.concat([values, self._one_position(project(attention.value_projector, h))],
-                               axis=2)
+            query, key, value = map(self._one_position, self._project_together(
+                _query_key_value(attention), h, one_row=True))
+            keys = tf.concat([keys, key], axis=2)
+            values = tf.concat([values, value], axis=2)
             new_cache.append((keys, values))
-            query = self._one_position(project(attention.query_projector, h))
             x = x + project(attention.output_projector, _attend(query, keys, values, self_bias))
 
             attention = layer.cross_attention
@@ -130,9 +141,8 @@ class T5Decoder(Decoder):
             attention = layer.self_attention
             h = run(layer.self_attention_layer_norm, x)
             query, keys, values = (
-                heads(project(projector, h), per_candidate, [0, 1, 3, 2, 4])
-                for projector in (attention.query_projector, attention.key_projector,
-                                  attention.value_projector)
+                heads(projected, per_candidate, [0, 1, 3, 2, 4])
+                for projected in self._project_together(_query_key_value(attention), h)
             )
             attended = _weighted_values(query, keys, values, self_bias)
             x = x + project(attention.output_projector, merged(attended, [0, 1, 3, 2, 4]))
@@ -158,10 +168,25 @@ class T5Decoder(Decoder):
     def _feed_forward(self, layer, x, one_row: bool = False):
         """A T5 layer's feed-forward block on `x` (the residual is the caller's)."""
         h = self._run(layer.layer_norm, x)
-        hidden = self._project(layer.input_projector, h, one_row, cast=False)
         if layer.use_gated_activation:
-            hidden = hidden * self._project(layer.gate_projector, h, one_row, cast=False)
+            hidden, gate = self._project_together(
+                (layer.input_projector, layer.gate_projector), h, one_row, cast=False)
+            hidden = hidden * gate
+        else:
+            hidden = self._project(layer.input_projector, h, one_row, cast=False)
         return self._project(layer.output_projector, hidden, one_row)
+
+    def _project_together(self, denses, x, one_row: bool = False, cast: bool = True):
+        """`[self._project(dense, x) for dense in denses]`, as one product where their
+        kernels are stacked."""
+        kernel = self._stacked.get(tuple(map(id, denses)))
+        if kernel is None:
+            return [self._project(dense, x, one_row, cast) for dense in denses]
+        product = _transposed_product(kernel, x, one_row)
+        if cast:  # one cast for all (T5's attention projections have no activation)
+            product = tf.cast(product, self.dtype)
+        parts = tf.split(product, [dense.units for dense in denses], axis=-1)
+        return [dense.activation(part) for dense, part in zip(denses, parts)]
 
     def _project(self, dense, x, one_row: bool = False, cast: bool = True):
         """A `Dense` layer on `x` `[rows, in]`, through its transposed kernel if it has one."""
@@ -192,13 +217,25 @@ class T5Decoder(Decoder):
             if layer.use_gated_activation:
                 yield layer.gate_projector
 
-    def _transposed(self, kernel):
-        """A variable holding `kernel`'s transpose; `kernel` is no longer read."""
+    def _read_together(self):
+        """Groups of projections that read the same input, in the order `_projections` has them."""
+        for layer in self.layers:
+            yield _query_key_value(layer.self_attention)
+            yield layer.cross_attention.key_projector, layer.cross_attention.value_projector
+            if layer.use_gated_activation:
+                yield layer.input_projector, layer.gate_projector
+
+    def _transposed(self, *kernels):
+        """A variable holding the transposes of `kernels`, stacked (`[sum of outs, in]`);
+        `kernels` are no longer read."""
+        first = kernels[0]
         with tf.init_scope():  # created eagerly even when first asked for inside a trace
-            name = getattr(kernel, "path", kernel.name).replace("/", "_") + "_transposed"
-            transposed = tf.Variable(tf.transpose(kernel), trainable=False, name=name)
+            name = getattr(first, "path", first.name).replace("/", "_") + (
+                "_transposed" if len(kernels) == 1 else f"_and_{len(kernels) - 1}_more_transposed")
+            transposed = tf.Variable(tf.concat([tf.transpose(k) for k in kernels], axis=0),
+                                     trainable=False, name=name)
         self.variables.append(transposed)
-        self.replaced_variables.append(getattr(kernel, "value", kernel))
+        self.replaced_variables.extend(getattr(k, "value", k) for k in kernels)
         return transposed
 
     def _heads(self, x):
@@ -221,6 +258,15 @@ def _transposed_product(kernel, x, one_row: bool):
 
 def _is_bfloat16(variable) -> bool:
     return variable is not None and tf.as_dtype(variable.dtype) == tf.bfloat16
+
+
+def _plain_bfloat16(dense) -> bool:
+    """A Dense layer with a bfloat16 kernel of its own (not quantized)."""
+    return dense.quantization_mode is None and _is_bfloat16(getattr(dense, "kernel", None))
+
+
+def _query_key_value(attention):
+    return attention.query_projector, attention.key_projector, attention.value_projector
 
 
 def _weighted_values(query, keys, values, bias):
