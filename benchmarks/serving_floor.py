@@ -151,7 +151,7 @@ class ModelCounts:
         # Each step reads every layer's cross keys and values and its own cache so far.
         cache_bytes = sum(batch * layers * 2 * (input_length + t + 1) * width * a
                           for t in range(steps))
-        flops = batch * (self._encoder_flops(input_length)
+        flops = batch * (self.encoder_flops(input_length)
                          + 2 * self.cross_params * input_length
                          + sum(2 * self.decoder_params
                                + layers * 4 * (input_length + t + 1) * width
@@ -166,13 +166,14 @@ class ModelCounts:
         positions = candidates * length
         weight_bytes = (self.encoder_params + self.cross_params + self.decoder_params) * w
         cache_bytes = batch * layers * 2 * input_length * width * a
-        flops = batch * (self._encoder_flops(input_length)
+        flops = batch * (self.encoder_flops(input_length)
                          + 2 * self.cross_params * input_length
                          + positions * (2 * self.decoder_params
                                         + layers * 4 * (input_length + length) * width))
         return weight_bytes + cache_bytes, flops
 
-    def _encoder_flops(self, input_length: int) -> float:
+    def encoder_flops(self, input_length: int) -> float:
+        """FLOPs of the encoder over one input of `input_length` tokens."""
         attention = self.num_layers * 4 * input_length * input_length * self.attention_width
         return 2 * self.encoder_params * input_length + attention
 

@@ -140,6 +140,10 @@ def main(argv=None) -> list[dict]:
             "labels_changed": labels_changed(agreement, name),
         })
     print(report(args, threads, machine, export_seconds, rows, agreement, choice_tokens))
+    # Every side runs the encoder over every input: no side serves more than this.
+    fastest = max(machine.matmul_flops_per_second.items(), key=lambda item: item[1])
+    print(f"The encoder alone, at the fastest matrix speed measured ({fastest[0]}), caps any "
+          f"side at {fastest[1] / counts.encoder_flops(args.input_length):.1f} examples/s")
     if args.json_out:
         with open(args.json_out, "w") as file:
             json.dump(rows, file, indent=2)

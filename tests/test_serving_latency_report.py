@@ -113,3 +113,13 @@ def test_a_tiny_run_writes_one_object_per_side(tmp_path):
                                          "choose_label bfloat16", "int8"]
     assert all(KEYS <= set(r) and r["floor_examples_per_second"] > 0 for r in rows)
     assert "Floor: memory" in run.stdout
+
+
+def test_decoder_step_times_the_step_and_its_output_projection(capsys):
+    step = load("decoder_step")
+    results = step.main(["--batch-sizes", "1,3", "--repeats", "2", "--num-layers", "1",
+                         "--hidden-dim", "32", "--intermediate-dim", "64", "--num-heads", "2",
+                         "--key-value-dim", "16", "--vocabulary-size", "1000"])
+    assert set(results) == {"step, batch 1", "head, batch 1", "step, batch 3", "head, batch 3"}
+    assert all(len(seconds) == 2 and min(seconds) > 0 for seconds in results.values())
+    assert "ops in one step: " in capsys.readouterr().out
