@@ -652,6 +652,8 @@ def _as_command(parse, run) -> int:
     """
     args = None
     try:
+        if signal.getsignal(signal.SIGINT) is _keep_interrupt:  # inside `try`: none is lost
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         with interrupts.recording_ctrl_c():
             try:
                 args = parse()
@@ -679,9 +681,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     instead. Ctrl-C, however early, prints `dss-keras: interrupted` and
     returns 130.
     """
-    if signal.getsignal(signal.SIGINT) is _keep_interrupt:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
     def parse():
         if _EARLY_INTERRUPTS:  # pressed while the package was still loading
             raise KeyboardInterrupt

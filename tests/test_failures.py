@@ -335,6 +335,31 @@ def test_13_ctrl_c_while_the_command_starts_is_one_line(monkeypatch, capsys, whe
     assert capsys.readouterr().err == "dss-keras: interrupted\n"
 
 
+def test_13_ctrl_c_as_the_early_handler_hands_over_is_one_line(monkeypatch, capsys):
+    """`dss-keras` keeps a Ctrl-C that comes while it imports; one that comes just as `main`
+    puts Python's handler back is reported too."""
+    install = signal.signal
+
+    def hand_over_then_ctrl_c(signum, handler):
+        previous = install(signum, handler)
+        if handler is signal.default_int_handler and previous is cli._keep_interrupt:
+            raise KeyboardInterrupt  # the Ctrl-C, right after Python's handler is back
+        return previous
+
+    original = install(signal.SIGINT, cli._keep_interrupt)
+    try:
+        monkeypatch.setattr(signal, "signal", hand_over_then_ctrl_c)
+        try:
+            status = cli.main(["predict", "runs/mine", "Ana has 3 cups."])
+        except KeyboardInterrupt:
+            pytest.fail("the Ctrl-C escaped `main` as a traceback")
+        assert status == 130
+    finally:
+        monkeypatch.undo()
+        install(signal.SIGINT, original)
+    assert capsys.readouterr().err == "dss-keras: interrupted\n"
+
+
 def _tensorflow_loading(pid: int) -> bool:
     with open(f"/proc/{pid}/maps", encoding="utf-8") as maps:
         return "libtensorflow" in maps.read()
