@@ -50,8 +50,11 @@ def main(argv=None) -> dict:
     from dss_keras import decoding
     from dss_keras.export_precision import with_precision
 
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    except RuntimeError:  # called in a process whose TensorFlow already runs
+        print("TensorFlow had started in this process: its thread counts stay")
     shape = serving_latency.parse_args(shape_flags)
     model = serving_latency.build_keras_model(shape)
     seq2seq_lm = with_precision(model.seq2seq_lm, args.precision)  # the decoder refers to it weakly
