@@ -19,7 +19,6 @@ import argparse
 import collections
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -63,7 +62,9 @@ def main(argv=None) -> dict:
     results = {}
     for batch in (int(b) for b in args.batch_sizes.split(",")):
         parts = _step_parts(tf, decoder, batch, shape.input_length, args.position)
-        timings = _interleaved(parts, args.repeats)
+        for part in parts.values():  # warm up
+            part.run()
+        timings = serving_latency.interleaved(parts, [None] * args.repeats)
         for name, seconds in timings.items():
             results[f"{name}, batch {batch}"] = seconds
             print(f"{name:6s} batch {batch:3d}: min {1e3 * np.min(seconds):7.2f} ms, "
@@ -77,12 +78,15 @@ def main(argv=None) -> dict:
 
 
 class _Part:
+    """A traced function on fixed inputs; `run` waits for its result (a side of
+    `serving_latency.interleaved`, whose requests it ignores)."""
+
     def __init__(self, function, *inputs):
         self.concrete = function.get_concrete_function(*inputs)
         self.inputs = inputs
 
-    def __call__(self):
-        return self.concrete(*self.inputs)
+    def run(self, request=None):
+        return np.asarray(self.concrete(*self.inputs))
 
 
 def _step_parts(tf, decoder, batch: int, input_length: int, position: int) -> dict:
@@ -106,18 +110,6 @@ def _step_parts(tf, decoder, batch: int, input_length: int, position: int) -> di
     here = tf.constant(position)
     return {"step": _Part(step, tokens, here),
             "head": _Part(head, tf.random.normal([batch, decoder.backbone.hidden_dim]))}
-
-
-def _interleaved(parts: dict, repeats: int) -> dict:
-    for part in parts.values():  # warm up
-        part()
-    timings = {name: [] for name in parts}
-    for _ in range(repeats):
-        for name, part in parts.items():
-            started = time.perf_counter()
-            np.asarray(part())
-            timings[name].append(time.perf_counter() - started)
-    return timings
 
 
 if __name__ == "__main__":
